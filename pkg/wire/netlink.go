@@ -1,0 +1,320 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Netlink is the real kernel, driven through netlink from the node's
+// network namespace (the namespace the plugin runs in).
+type Netlink struct{}
+
+// EnsureBridge creates the bridge if missing (safe against concurrent
+// plugins), sets it up, gives it its gateway addresses and turns on
+// forwarding for the families it serves.
+func (Netlink) EnsureBridge(b Bridge) (net.HardwareAddr, error) {
+	br, err := bridgeByName(b.Name)
+	if errors.Is(err, errNotFound) {
+		la := netlink.NewLinkAttrs()
+		la.Name = b.Name
+		la.HardwareAddr = GatewayMAC(b.Gateways)
+		la.Flags = net.FlagUp
+		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la})
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("create bridge %s: %w", b.Name, err)
+		}
+		br, err = bridgeByName(b.Name) // another plugin may have won the race
+	}
+	if err != nil {
+		return nil, err
+	}
+	if br.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(br); err != nil {
+			return nil, fmt.Errorf("set bridge %s up: %w", b.Name, err)
+		}
+	}
+	have, err := addrSet(br)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", b.Name, err)
+	}
+	v4, v6 := false, false
+	for _, gw := range b.Gateways {
+		v4, v6 = v4 || gw.Addr().Is4(), v6 || gw.Addr().Is6()
+		if have[gw] {
+			continue
+		}
+		a := &netlink.Addr{IPNet: ipNet(gw)}
+		if err := netlink.AddrAdd(br, a); err != nil && !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("add address %s to %s: %w", gw, b.Name, err)
+		}
+	}
+	if v4 {
+		if err := ensureSysctl("net/ipv4/ip_forward", "1"); err != nil {
+			return nil, err
+		}
+	}
+	if v6 {
+		if err := ensureSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
+			return nil, err
+		}
+	}
+	return br.Attrs().HardwareAddr, nil
+}
+
+var errNotFound = errors.New("not found")
+
+func bridgeByName(name string) (*netlink.Bridge, error) {
+	l, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil, errNotFound
+		}
+		return nil, fmt.Errorf("look up bridge %s: %w", name, err)
+	}
+	br, ok := l.(*netlink.Bridge)
+	if !ok {
+		return nil, fmt.Errorf("%s (a %s) %w", name, l.Type(), ErrNotBridge)
+	}
+	return br, nil
+}
+
+// BridgeStatus says whether an ADD could attach to the bridge: nil when it
+// is a usable bridge or does not exist yet (ADD creates it).
+func (Netlink) BridgeStatus(name string) (up bool, err error) {
+	br, err := bridgeByName(name)
+	if errors.Is(err, errNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return br.Attrs().Flags&net.FlagUp != 0, nil
+}
+
+func addrSet(l netlink.Link) (map[netip.Prefix]bool, error) {
+	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	out := map[netip.Prefix]bool{}
+	for _, a := range addrs {
+		if p, ok := prefixOf(a.IPNet); ok {
+			out[p] = true
+		}
+	}
+	return out, nil
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// ensureSysctl writes v to /proc/sys/<key> unless it already holds v (the
+// read is cheaper than the write, and leaves the file alone when set).
+func ensureSysctl(key, v string) error {
+	p := filepath.Join("/proc/sys", key)
+	if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == v {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+		return fmt.Errorf("set %s=%s: %w", strings.ReplaceAll(key, "/", "."), v, err)
+	}
+	return nil
+}
+
+// openNetNS opens a pod namespace, telling a missing path apart.
+func openNetNS(path string) (ns.NetNS, error) {
+	n, err := ns.GetNS(path)
+	if err != nil {
+		var nx ns.NSPathNotExistErr
+		if errors.As(err, &nx) {
+			return nil, fmt.Errorf("open %s: %w", path, ErrNetNSNotFound)
+		}
+		return nil, fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	return n, nil
+}
+
+// Attach wires one pod interface: the veth pair is created with its peer
+// directly in the pod namespace (never moved, so the pod never holds a
+// half-configured interface under another name), the host end joins the
+// bridge, then the pod end gets its addresses, routes and sysctls.
+//
+// Order matters for crash safety: everything Attach creates hangs off the
+// host end, whose name and alias are derived from the attachment, so a
+// plugin killed at any step leaves only objects that DEL (by name) and GC
+// (by alias) find.
+func (Netlink) Attach(p Pod) (Attached, error) {
+	out := Attached{HostName: HostName(p.ContainerID, p.IfName), PodMAC: PodMAC(p.Addrs)}
+	out.HostMAC = hostMAC(out.HostName)
+	podNS, err := openNetNS(p.NetNS)
+	if err != nil {
+		return out, err
+	}
+	defer podNS.Close()
+	br, err := netlinksafe.LinkByName(p.Bridge)
+	if err != nil {
+		return out, fmt.Errorf("look up bridge %s: %w", p.Bridge, err)
+	}
+	// A leftover from an earlier, interrupted ADD of this same attachment.
+	if err := deleteLink(out.HostName); err != nil {
+		return out, err
+	}
+	podH, err := netlinksafe.NewHandleAt(netns.NsHandle(podNS.Fd()))
+	if err != nil {
+		return out, fmt.Errorf("open netlink in %s: %w", p.NetNS, err)
+	}
+	defer podH.Close()
+	if _, err := podH.LinkByName(p.IfName); err == nil {
+		return out, fmt.Errorf("%s in %s: %w", p.IfName, p.NetNS, ErrIfaceExists)
+	}
+
+	la := netlink.NewLinkAttrs()
+	la.Name = out.HostName
+	la.MTU = p.MTU
+	la.HardwareAddr = out.HostMAC
+	la.Alias = Alias(p.Network, p.ContainerID, p.IfName)
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: p.IfName, PeerMTU: uint32(p.MTU),
+		PeerHardwareAddr: out.PodMAC, PeerNamespace: netlink.NsFd(int(podNS.Fd()))}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return out, fmt.Errorf("create veth %s with peer %s in %s: %w", out.HostName, p.IfName, p.NetNS, err)
+	}
+	if err := netlink.LinkSetMasterByIndex(veth, br.Attrs().Index); err != nil {
+		return out, fmt.Errorf("attach %s to %s: %w", out.HostName, p.Bridge, err)
+	}
+	if p.Hairpin {
+		if err := netlink.LinkSetHairpin(veth, true); err != nil {
+			return out, fmt.Errorf("set hairpin on %s: %w", out.HostName, err)
+		}
+	}
+	if err := netlink.LinkSetUp(veth); err != nil {
+		return out, fmt.Errorf("set %s up: %w", out.HostName, err)
+	}
+	if err := configurePod(podNS, podH, p); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+func configurePod(podNS ns.NetNS, h netlinksafe.Handle, p Pod) error {
+	// DAD off before any address exists (and before up, which starts DAD for
+	// the link-local address): the pod's addresses are unique by
+	// construction, and DAD would hold them "tentative" for a second or more.
+	if err := podNS.Do(func(ns.NetNS) error {
+		return disableDAD(p.IfName)
+	}); err != nil {
+		return err
+	}
+	l, err := h.LinkByName(p.IfName)
+	if err != nil {
+		return fmt.Errorf("look up %s in %s: %w", p.IfName, p.NetNS, err)
+	}
+	for _, a := range p.Addrs {
+		na := &netlink.Addr{IPNet: ipNet(a)}
+		if a.Addr().Is6() {
+			na.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(l, na); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", a, p.IfName, err)
+		}
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up in %s: %w", p.IfName, p.NetNS, err)
+	}
+	for _, r := range p.Routes {
+		nr := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(r.Dst)}
+		if r.Gw.IsValid() {
+			nr.Gw = r.Gw.AsSlice()
+		} else {
+			nr.Scope = netlink.SCOPE_LINK
+		}
+		if err := h.RouteAdd(nr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add route %s via %s in %s: %w", r.Dst, r.Gw, p.NetNS, err)
+		}
+	}
+	return nil
+}
+
+// disableDAD must run inside the pod namespace. A kernel without IPv6 has
+// no such file, and then there is nothing to disable.
+func disableDAD(ifName string) error {
+	p := "/proc/sys/net/ipv6/conf/" + ifName + "/accept_dad"
+	if _, err := os.Stat(p); err != nil {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("disable IPv6 DAD on %s: %w", ifName, err)
+	}
+	return nil
+}
+
+func deleteLink(name string) error {
+	l, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// Detach removes an attachment's veth pair by its host name; deleting one
+// end deletes the other, with the pod end's addresses and routes. It needs
+// no namespace, so it works after the pod namespace is gone, and deleting
+// what is already gone is no error.
+func (Netlink) Detach(containerID, ifName string) error {
+	return deleteLink(HostName(containerID, ifName))
+}
+
+// HostLinks lists the host veths carrying podnet's alias for network.
+func (Netlink) HostLinks(network string) ([]HostLink, error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var out []HostLink
+	for _, l := range links {
+		if l.Type() != "veth" {
+			continue
+		}
+		hl, ok := ParseAlias(l.Attrs().Alias)
+		if !ok || hl.Network != network {
+			continue
+		}
+		hl.Name = l.Attrs().Name
+		out = append(out, hl)
+	}
+	return out, nil
+}
+
+// DeleteHostLink deletes a host veth (and so its pod end) by name.
+func (Netlink) DeleteHostLink(name string) error { return deleteLink(name) }
