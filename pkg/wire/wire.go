@@ -10,7 +10,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -132,5 +131,3 @@ func hostMAC(name string) net.HardwareAddr {
 	h := sha256.Sum256([]byte(name))
 	return net.HardwareAddr{0x0a, 0x59, h[0], h[1], h[2], h[3]}
 }
-
-func errorf(format string, a ...any) error { return fmt.Errorf(format, a...) }

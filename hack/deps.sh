@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what podnet's build, tests and demo need on a fresh Debian machine:
+# system packages (as root, with apt-get) and Go tools (cached by version).
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+PKGS=(iproute2 iputils-ping nftables iptables bridge-utils tcpdump traceroute conntrack iperf3 ethtool kmod)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing packages ${missing[*]}; run as root (or install them) first" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+TOOLS=${PODNET_TOOLS_DIR:-/var/cache/podnet/tools}
+STATICCHECK_VERSION=v0.8.2
+if [ ! -x "$TOOLS/staticcheck-$STATICCHECK_VERSION" ]; then
+  echo "deps: building staticcheck $STATICCHECK_VERSION"
+  tmp=$(mktemp -d)
+  GOBIN=$tmp go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+  mkdir -p "$TOOLS"
+  mv "$tmp/staticcheck" "$TOOLS/staticcheck-$STATICCHECK_VERSION"
+  rm -rf "$tmp"
+fi
+ln -sf "staticcheck-$STATICCHECK_VERSION" "$TOOLS/staticcheck"
