@@ -430,6 +430,10 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	for _, a := range list {
 		valid[ipam.Attachment{ContainerID: a.ContainerID, IfName: a.IfName}] = true
 	}
+	validNames := make(map[string]bool, len(list))
+	for a := range valid {
+		validNames[wire.HostName(a.ContainerID, a.IfName)] = true
+	}
 	links, err := p.Kernel.HostLinks(conf.Name)
 	if err != nil {
 		return cniError(err)
@@ -438,7 +442,9 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	// Interfaces first, then addresses: an address is never free while a
 	// stale interface still carries it.
 	for _, l := range links {
-		if valid[ipam.Attachment{ContainerID: l.ContainerID, IfName: l.IfName}] {
+		// By name, not alias: a veth whose plugin died before setting its
+		// alias has none, but its name is derived from its attachment.
+		if validNames[l.Name] {
 			continue
 		}
 		if err := p.Kernel.DeleteHostLink(l.Name); err != nil {

@@ -197,11 +197,15 @@ func (Netlink) Attach(p Pod) (Attached, error) {
 	la.Name = out.HostName
 	la.MTU = p.MTU
 	la.HardwareAddr = out.HostMAC
-	la.Alias = Alias(p.Network, p.ContainerID, p.IfName)
+	la.Group = Group(p.Network)
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: p.IfName, PeerMTU: uint32(p.MTU),
 		PeerHardwareAddr: out.PodMAC, PeerNamespace: netlink.NsFd(int(podNS.Fd()))}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return out, fmt.Errorf("create veth %s with peer %s in %s: %w", out.HostName, p.IfName, p.NetNS, err)
+	}
+	// The kernel ignores an alias in the creating message; set it now.
+	if err := netlink.LinkSetAlias(veth, Alias(p.Network, p.ContainerID, p.IfName)); err != nil {
+		return out, fmt.Errorf("set alias of %s: %w", out.HostName, err)
 	}
 	if err := netlink.LinkSetMasterByIndex(veth, br.Attrs().Index); err != nil {
 		return out, fmt.Errorf("attach %s to %s: %w", out.HostName, p.Bridge, err)
@@ -295,7 +299,7 @@ func (Netlink) Detach(containerID, ifName string) error {
 	return deleteLink(HostName(containerID, ifName))
 }
 
-// HostLinks lists the host veths carrying podnet's alias for network.
+// HostLinks lists the host veths in network's link group.
 func (Netlink) HostLinks(network string) ([]HostLink, error) {
 	links, err := netlinksafe.LinkList()
 	if err != nil {
@@ -303,14 +307,14 @@ func (Netlink) HostLinks(network string) ([]HostLink, error) {
 	}
 	var out []HostLink
 	for _, l := range links {
-		if l.Type() != "veth" {
+		if l.Type() != "veth" || l.Attrs().Group != Group(network) {
 			continue
 		}
 		hl, ok := ParseAlias(l.Attrs().Alias)
-		if !ok || hl.Network != network {
-			continue
+		if ok && hl.Network != network {
+			continue // another network whose group hash collides
 		}
-		hl.Name = l.Attrs().Name
+		hl.Name, hl.Network = l.Attrs().Name, network
 		out = append(out, hl)
 	}
 	return out, nil

@@ -102,8 +102,8 @@ func verifyHost(p Pod, podIndex int) error {
 	if ha.ParentIndex != podIndex {
 		return drift("host end %s is not the peer of %s in %s", name, p.IfName, p.NetNS)
 	}
-	if ha.Alias != Alias(p.Network, p.ContainerID, p.IfName) {
-		return drift("host end %s carries alias %q, not podnet's for this attachment", name, ha.Alias)
+	if ha.Group != Group(p.Network) || ha.Alias != Alias(p.Network, p.ContainerID, p.IfName) {
+		return drift("host end %s carries group %#x and alias %q, not podnet's for this attachment", name, ha.Group, ha.Alias)
 	}
 	return nil
 }

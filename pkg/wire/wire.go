@@ -2,14 +2,15 @@
 // node bridge (cni0) with its gateway addresses, and the veth pair whose pod
 // end is created directly inside the pod's network namespace, with its
 // addresses, routes, MTU and sysctls. It only touches objects it can prove
-// are its own: bridges by configured name, host veths by their
-// "podnet/<network>/<container>/<ifname>" alias.
+// are its own: bridges by configured name, host veths by their link group
+// (see Group) and name.
 package wire
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"strings"
@@ -49,7 +50,9 @@ type Attached struct {
 	PodMAC   net.HardwareAddr
 }
 
-// HostLink is a host veth that carries podnet's alias.
+// HostLink is a host veth in a network's link group. ContainerID and
+// IfName come from its alias and are empty when a plugin died before
+// setting it.
 type HostLink struct {
 	Name        string
 	Network     string
@@ -74,7 +77,19 @@ func HostName(containerID, ifName string) string {
 
 const aliasPrefix = "podnet/"
 
-// Alias is the IFLA_IFALIAS that marks a host veth as podnet's.
+// Group is the link group (IFLA_GROUP) of a network's host veths: "pn" in
+// the high 16 bits and a hash of the network name in the low 16. Unlike the
+// alias, the kernel sets the group in the same message that creates the
+// link, so a plugin killed right after creating a veth still leaves it
+// marked as podnet's, and GC finds it.
+func Group(network string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(network))
+	return 0x706e0000 | h.Sum32()&0xffff
+}
+
+// Alias is the IFLA_IFALIAS that tells a person which attachment a host
+// veth belongs to (`ip link` shows it).
 func Alias(network, containerID, ifName string) string {
 	return aliasPrefix + network + "/" + containerID + "/" + ifName
 }
