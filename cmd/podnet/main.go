@@ -29,7 +29,17 @@ func main() {
 	p := cniplugin.New(slog.New(slog.NewTextHandler(w, nil)))
 	funcs := skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, Status: p.Status, GC: p.GC}
 	vi := version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-	if e := skel.PluginMainFuncsWithError(funcs, vi, "podnet CNI plugin "+Version); e != nil {
+	about := "podnet CNI plugin " + Version
+	var e *types.Error
+	if os.Getenv("CNI_COMMAND") == "" {
+		// skel would print the about text and exit 0; a runtime that forgot
+		// CNI_COMMAND must get an error, and a person gets both.
+		os.Stderr.WriteString(about + "\n")
+		e = types.NewError(types.ErrInvalidEnvironmentVariables, "required env variables [CNI_COMMAND] missing", "")
+	} else {
+		e = skel.PluginMainFuncsWithError(funcs, vi, about)
+	}
+	if e != nil {
 		explain(e)
 		if err := e.Print(); err != nil {
 			os.Stderr.WriteString("podnet: " + err.Error() + "\n")

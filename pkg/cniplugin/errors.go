@@ -2,6 +2,7 @@ package cniplugin
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 
@@ -68,4 +69,23 @@ func asStoreError(err error) error {
 func isIO(err error) bool {
 	var se storeError
 	return errors.As(err, &se)
+}
+
+// delegateError explains a failure of the external IPAM plugin.
+func delegateError(plugin string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *types.Error
+	if errors.As(err, &te) {
+		if te.Details == "" {
+			te.Details = "reported by the IPAM plugin " + plugin + "; see its documentation"
+		}
+		return te
+	}
+	if strings.Contains(err.Error(), "failed to find plugin") {
+		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(),
+			"install the IPAM plugin "+plugin+" in a CNI_PATH directory, or fix ipam.type (omit it for podnet's built-in IPAM)")
+	}
+	return types.NewError(types.ErrInternal, "IPAM plugin "+plugin+": "+err.Error(), "see the IPAM plugin's logs")
 }

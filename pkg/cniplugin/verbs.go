@@ -91,7 +91,7 @@ func (p *Plugin) allocate(ctx context.Context, conf *netconf.Conf, args *skel.Cm
 	if conf.IPAM.Builtin == nil {
 		r, err := p.Delegate.Add(ctx, conf.IPAM.Type, args.StdinData)
 		if err != nil {
-			return plan, nil, err
+			return plan, nil, delegateError(conf.IPAM.Type, err)
 		}
 		release := func() error { return p.Delegate.Del(ctx, conf.IPAM.Type, args.StdinData) }
 		cur, err := current.NewResultFromResult(r)
@@ -289,7 +289,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return cniError(err)
 	}
 	if conf.IPAM.Builtin == nil {
-		return cniError(p.Delegate.Del(context.Background(), conf.IPAM.Type, args.StdinData))
+		return cniError(delegateError(conf.IPAM.Type, p.Delegate.Del(context.Background(), conf.IPAM.Type, args.StdinData)))
 	}
 	alloc, err := p.allocator(conf)
 	if err != nil {
@@ -342,7 +342,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	var confRoutes []*types.Route
 	if conf.IPAM.Builtin == nil {
 		if err := p.Delegate.Check(ctx, conf.IPAM.Type, args.StdinData); err != nil {
-			return cniError(err)
+			return cniError(delegateError(conf.IPAM.Type, err))
 		}
 	} else {
 		confRoutes = conf.IPAM.Builtin.Routes
@@ -388,7 +388,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 			`an interface named like the bridge is in the way: set "bridge" to another name or delete it`)
 	}
 	if conf.IPAM.Builtin == nil {
-		return cniError(p.Delegate.Status(context.Background(), conf.IPAM.Type, args.StdinData))
+		return cniError(delegateError(conf.IPAM.Type, p.Delegate.Status(context.Background(), conf.IPAM.Type, args.StdinData)))
 	}
 	alloc, err := p.allocator(conf)
 	if err == nil {
@@ -454,7 +454,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		}
 	}
 	if conf.IPAM.Builtin == nil {
-		errs = append(errs, p.Delegate.GC(context.Background(), conf.IPAM.Type, args.StdinData))
+		errs = append(errs, delegateError(conf.IPAM.Type, p.Delegate.GC(context.Background(), conf.IPAM.Type, args.StdinData)))
 	} else if alloc, err := p.allocator(conf); err != nil {
 		errs = append(errs, err)
 	} else {
