@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -173,9 +172,9 @@ func TestDualStack(t *testing.T) {
 // kind of damage done to it afterwards.
 func TestCheckDetectsDrift(t *testing.T) {
 	cases := []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T, n *cnitest.Node, p *cnitest.Pod, ip netip.Addr)
-		want  string
+		want   string
 	}{
 		{"mtu", func(t *testing.T, n *cnitest.Node, p *cnitest.Pod, _ netip.Addr) {
 			p.NS.MustRun(t, "ip", "link", "set", "eth0", "mtu", "1400")
@@ -607,5 +606,3 @@ func TestKilledMidAdd(t *testing.T) {
 		t.Fatalf("ADD after the kills: %v", err)
 	}
 }
-
-var _ = net.IPv4len
