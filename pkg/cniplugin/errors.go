@@ -16,7 +16,9 @@ import (
 const ErrCodeDrift uint = 100
 
 // cniError wraps err as a *types.Error with the spec's code for its kind.
-func cniError(err error) *types.Error {
+// It returns error, not *types.Error, so that a nil err stays an untyped
+// nil (a typed nil pointer in an error interface is not == nil).
+func cniError(err error) error {
 	if err == nil {
 		return nil
 	}

@@ -339,8 +339,12 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		}
 	}
 	ctx := context.Background()
+	// The routes ADD installed: from the configuration for the built-in
+	// IPAM; for a delegate, its result's routes, of which prevResult is the
+	// only record.
 	var confRoutes []*types.Route
 	if conf.IPAM.Builtin == nil {
+		confRoutes = prev.Routes
 		if err := p.Delegate.Check(ctx, conf.IPAM.Type, args.StdinData); err != nil {
 			return cniError(delegateError(conf.IPAM.Type, err))
 		}

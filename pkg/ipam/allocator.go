@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"fmt"
+	"math/big"
 	"net/netip"
 	"time"
 )
@@ -82,16 +83,16 @@ func (a *Allocator) allocateIn(i int, set RangeSet, held map[netip.Addr]bool, r 
 	if err != nil {
 		return r, err
 	}
-	start := a.after(set, last)
+	start, ok := a.skipReserved(set, a.after(set, last))
 	ip := start
-	for {
-		if !held[ip] && !a.reserved(ip) && a.inSet(set, ip) {
+	for ok {
+		if !held[ip] && a.inSet(set, ip) {
 			r.IP = ip
-			ok, err := a.Store.Reserve(r)
+			took, err := a.Store.Reserve(r)
 			if err != nil {
 				return r, err
 			}
-			if ok {
+			if took {
 				held[ip] = true
 				if err := a.Store.SetLastReserved(i, ip); err != nil {
 					_ = a.Store.Release(ip)
@@ -100,11 +101,36 @@ func (a *Allocator) allocateIn(i int, set RangeSet, held map[netip.Addr]bool, r 
 				return r, nil
 			}
 		}
-		ip = a.after(set, ip)
-		if ip == start {
-			return r, fmt.Errorf("%s range %s: %w", set.Family(), describe(set), ErrExhausted)
+		// start is not reserved and only reserved addresses are skipped, so
+		// the walk comes back to start exactly.
+		if ip, ok = a.skipReserved(set, a.after(set, ip)); ip == start {
+			break
 		}
 	}
+	return r, fmt.Errorf("%s range %s: %w", set.Family(), describe(set), ErrExhausted)
+}
+
+// skipReserved returns the first address from ip on (in the set's cyclic
+// order) that is not reserved, jumping over a reserved prefix at once: a
+// reserved IPv6 /64 must not be walked address by address. ok is false when
+// every address of the set is reserved.
+func (a *Allocator) skipReserved(set RangeSet, ip netip.Addr) (netip.Addr, bool) {
+	// Each jump passes one reserved prefix within one range, so a set with a
+	// free address reaches it within one cycle through all those pairs.
+	for range 2*len(a.Reserved)*len(set) + 2 {
+		p, ok := a.reservedPrefix(ip)
+		if !ok {
+			return ip, true
+		}
+		_, end := bounds(p)
+		for _, r := range set {
+			if ip.Compare(r.Start) >= 0 && ip.Compare(r.End) <= 0 && end.Compare(r.End) > 0 {
+				end = r.End
+			}
+		}
+		ip = a.after(set, end)
+	}
+	return ip, false
 }
 
 // after returns the address following ip in the set, wrapping around; an
@@ -140,12 +166,19 @@ func (a *Allocator) setOf(ip netip.Addr) int {
 }
 
 func (a *Allocator) reserved(ip netip.Addr) bool {
+	_, ok := a.reservedPrefix(ip)
+	return ok
+}
+
+// reservedPrefix returns the largest reserved prefix that holds ip.
+func (a *Allocator) reservedPrefix(ip netip.Addr) (netip.Prefix, bool) {
+	var best netip.Prefix
 	for _, p := range a.Reserved {
-		if p.Contains(ip) {
-			return true
+		if p.Contains(ip) && (!best.IsValid() || p.Bits() < best.Bits()) {
+			best = p
 		}
 	}
-	return false
+	return best, best.IsValid()
 }
 
 func describe(set RangeSet) string {
@@ -226,28 +259,37 @@ func (a *Allocator) CheckFree() error {
 		return err
 	}
 	for _, set := range a.Sets {
-		var used uint64
+		// Big integers: a huge IPv6 range saturates Range.Size, and
+		// subtracting a reserved /64 from a saturated size would be wrong.
+		size := new(big.Int)
+		for _, r := range set {
+			size.Add(size, r.count())
+			size.Sub(size, a.reservedIn(r))
+		}
+		free := new(big.Int).Set(size)
 		for _, r := range all {
-			if a.inSet(set, r.IP) {
-				used++
+			// An address reserved after it was handed out is already
+			// subtracted from size.
+			if a.inSet(set, r.IP) && !a.reserved(r.IP) {
+				free.Sub(free, big.NewInt(1))
 			}
 		}
-		var size uint64
-		for _, r := range set {
-			size += r.Size() - a.reservedIn(r)
-		}
-		if used >= size {
-			return fmt.Errorf("%s range %s: all %d addresses are taken: %w", set.Family(), describe(set), size, ErrExhausted)
+		if free.Sign() <= 0 {
+			return fmt.Errorf("%s range %s: all %s addresses are taken: %w", set.Family(), describe(set), size, ErrExhausted)
 		}
 	}
 	return nil
 }
 
 // reservedIn counts the configured reserved addresses that fall in r,
-// arithmetically (a reserved IPv6 /64 must not be walked).
-func (a *Allocator) reservedIn(r Range) uint64 {
-	var n uint64
-	for _, p := range a.Reserved {
+// arithmetically (a reserved IPv6 /64 must not be walked). A prefix inside
+// another reserved prefix (or listed twice) is counted once.
+func (a *Allocator) reservedIn(r Range) *big.Int {
+	n := new(big.Int)
+	for i, p := range a.Reserved {
+		if a.covered(i) || p.Addr().Is4() != r.Start.Is4() {
+			continue
+		}
 		first, last := bounds(p)
 		if first.Compare(r.Start) < 0 {
 			first = r.Start
@@ -258,7 +300,20 @@ func (a *Allocator) reservedIn(r Range) uint64 {
 		if first.Compare(last) > 0 {
 			continue
 		}
-		n += Range{Start: first, End: last, Gateway: r.Gateway}.Size()
+		n.Add(n, Range{Start: first, End: last, Gateway: r.Gateway}.count())
 	}
 	return n
+}
+
+// covered reports whether reserved prefix i lies inside another reserved
+// prefix (two prefixes are either disjoint or nested; of equal ones, the
+// first counts).
+func (a *Allocator) covered(i int) bool {
+	p := a.Reserved[i]
+	for j, q := range a.Reserved {
+		if j != i && q.Bits() <= p.Bits() && q.Contains(p.Addr()) && (q.Bits() < p.Bits() || j < i) {
+			return true
+		}
+	}
+	return false
 }

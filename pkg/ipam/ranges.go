@@ -148,6 +148,10 @@ func parseRange(rc RangeConf) (Range, error) {
 	if r.Start.Compare(r.End) > 0 {
 		return r, cfgErr("swap rangeStart and rangeEnd", "ipam: rangeStart %s is after rangeEnd %s", r.Start, r.End)
 	}
+	if r.Size() == 0 {
+		return r, cfgErr("widen the range (or the subnet) so it holds an address besides the gateway",
+			"ipam: range %s-%s of %s holds no address but the gateway %s", r.Start, r.End, p, r.Gateway)
+	}
 	return r, nil
 }
 
@@ -188,16 +192,22 @@ func ParseReserved(list []string) ([]netip.Prefix, error) {
 // Size is the number of addresses a range can hand out before reservations,
 // saturating at MaxUint64 for huge IPv6 ranges.
 func (r Range) Size() uint64 {
+	n := r.count()
+	if !n.IsUint64() {
+		return math.MaxUint64
+	}
+	return n.Uint64()
+}
+
+// count is Size without saturation.
+func (r Range) count() *big.Int {
 	s, e := new(big.Int).SetBytes(r.Start.AsSlice()), new(big.Int).SetBytes(r.End.AsSlice())
 	n := new(big.Int).Sub(e, s)
 	n.Add(n, big.NewInt(1))
 	if r.Gateway.Compare(r.Start) >= 0 && r.Gateway.Compare(r.End) <= 0 {
 		n.Sub(n, big.NewInt(1))
 	}
-	if !n.IsUint64() {
-		return math.MaxUint64
-	}
-	return n.Uint64()
+	return n
 }
 
 // Contains reports whether the range may hand out a.

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"regexp"
 	"sort"
@@ -109,6 +110,11 @@ func Parse(stdin []byte) (*Conf, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {
 		return nil, decodeError("network configuration", err, knownTop)
+	}
+	// Anything after the object (a second object, say) would be ignored.
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, &Error{Code: types.ErrDecodingFailure, Msg: "network configuration has data after its JSON object",
+			Hint: "pass one JSON object on stdin, as the CNI spec describes"}
 	}
 	if c.Bridge == "" {
 		c.Bridge = DefaultBridge
