@@ -47,15 +47,15 @@ func NewFakeKernel(netns ...string) *FakeKernel {
 	return k
 }
 
-func (k *FakeKernel) EnsureBridge(b wire.Bridge) (net.HardwareAddr, error) {
+func (k *FakeKernel) EnsureBridge(b wire.Bridge) (wire.BridgeLink, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.NotBridge[b.Name] {
-		return nil, fmt.Errorf("%s %w", b.Name, wire.ErrNotBridge)
+		return wire.BridgeLink{}, fmt.Errorf("%s %w", b.Name, wire.ErrNotBridge)
 	}
 	k.Bridges[b.Name] = append(k.Bridges[b.Name], b)
 	delete(k.Down, b.Name)
-	return wire.GatewayMAC(b.Gateways), nil
+	return wire.BridgeLink{Index: 2, MAC: wire.GatewayMAC(b.Gateways)}, nil
 }
 
 func (k *FakeKernel) BridgeStatus(name string) (bool, error) {

@@ -20,8 +20,8 @@ import (
 // one and FakeKernel the one for unit tests.
 type Kernel interface {
 	// EnsureBridge makes the bridge exist, up, with its gateway addresses,
-	// and returns its MAC.
-	EnsureBridge(b wire.Bridge) (net.HardwareAddr, error)
+	// and returns its index and MAC.
+	EnsureBridge(b wire.Bridge) (wire.BridgeLink, error)
 	// BridgeStatus reports whether the bridge is up; a missing bridge counts
 	// as up (ADD creates it); a non-bridge under that name is an error.
 	BridgeStatus(name string) (up bool, err error)

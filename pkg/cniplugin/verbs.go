@@ -55,16 +55,17 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 			}
 		}
 	}()
-	brMAC, err := p.Kernel.EnsureBridge(wire.Bridge{Name: conf.Bridge, Gateways: plan.gws})
+	br, err := p.Kernel.EnsureBridge(wire.Bridge{Name: conf.Bridge, Gateways: plan.gws})
 	if err != nil {
 		return cniError(err)
 	}
 	wp := p.podSpec(conf, args, plan)
+	wp.BridgeIndex = br.Index
 	at, err := p.Kernel.Attach(wp)
 	if err != nil {
 		return cniError(err)
 	}
-	res := buildResult(conf, args, plan, brMAC, at)
+	res := buildResult(conf, args, plan, br.MAC, at)
 	if conf.RawPrevResult != nil {
 		if res, err = mergePrev(conf, res); err != nil {
 			return cniError(err)

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -99,7 +98,19 @@ func invalid(hint, format string, a ...any) *Error {
 	return &Error{Code: types.ErrInvalidNetworkConfig, Msg: fmt.Sprintf(format, a...), Hint: hint}
 }
 
-var bridgeName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+// validIfName reports whether s is 1–15 of [A-Za-z0-9_.-] and not "." or
+// ".." (checked by hand: a regexp compiled at start-up costs every ADD).
+func validIfName(s string) bool {
+	if len(s) == 0 || len(s) > 15 || s == "." || s == ".." {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // Parse decodes and validates a configuration. Unknown fields are refused
 // (the CNI spec allows it) so that a misspelt "mtu" does not silently give a
@@ -119,7 +130,7 @@ func Parse(stdin []byte) (*Conf, error) {
 	if c.Bridge == "" {
 		c.Bridge = DefaultBridge
 	}
-	if !bridgeName.MatchString(c.Bridge) || c.Bridge == "." || c.Bridge == ".." {
+	if !validIfName(c.Bridge) {
 		return nil, invalid("use at most 15 letters, digits, '_', '.' or '-', e.g. \"cni0\"",
 			"bridge name %q is not a valid interface name", c.Bridge)
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,30 +22,35 @@ type Netlink struct{}
 // EnsureBridge creates the bridge if missing (safe against concurrent
 // plugins), sets it up, gives it its gateway addresses and turns on
 // forwarding for the families it serves.
-func (Netlink) EnsureBridge(b Bridge) (net.HardwareAddr, error) {
-	br, err := bridgeByName(b.Name)
+func (Netlink) EnsureBridge(b Bridge) (BridgeLink, error) {
+	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return BridgeLink{}, fmt.Errorf("open netlink: %w", err)
+	}
+	defer h.Close()
+	br, err := bridgeByName(h, b.Name)
 	if errors.Is(err, errNotFound) {
 		la := netlink.NewLinkAttrs()
 		la.Name = b.Name
 		la.HardwareAddr = GatewayMAC(b.Gateways)
 		la.Flags = net.FlagUp
-		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la})
+		err = h.LinkAdd(&netlink.Bridge{LinkAttrs: la})
 		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return nil, fmt.Errorf("create bridge %s: %w", b.Name, err)
+			return BridgeLink{}, fmt.Errorf("create bridge %s: %w", b.Name, err)
 		}
-		br, err = bridgeByName(b.Name) // another plugin may have won the race
+		br, err = bridgeByName(h, b.Name) // another plugin may have won the race
 	}
 	if err != nil {
-		return nil, err
+		return BridgeLink{}, err
 	}
 	if br.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(br); err != nil {
-			return nil, fmt.Errorf("set bridge %s up: %w", b.Name, err)
+		if err := h.LinkSetUp(br); err != nil {
+			return BridgeLink{}, fmt.Errorf("set bridge %s up: %w", b.Name, err)
 		}
 	}
-	have, err := addrSet(br)
+	have, err := addrSet(h, br)
 	if err != nil {
-		return nil, fmt.Errorf("list addresses of %s: %w", b.Name, err)
+		return BridgeLink{}, fmt.Errorf("list addresses of %s: %w", b.Name, err)
 	}
 	v4, v6 := false, false
 	for _, gw := range b.Gateways {
@@ -55,27 +59,27 @@ func (Netlink) EnsureBridge(b Bridge) (net.HardwareAddr, error) {
 			continue
 		}
 		a := &netlink.Addr{IPNet: ipNet(gw)}
-		if err := netlink.AddrAdd(br, a); err != nil && !errors.Is(err, unix.EEXIST) {
-			return nil, fmt.Errorf("add address %s to %s: %w", gw, b.Name, err)
+		if err := h.AddrAdd(br, a); err != nil && !errors.Is(err, unix.EEXIST) {
+			return BridgeLink{}, fmt.Errorf("add address %s to %s: %w", gw, b.Name, err)
 		}
 	}
 	if v4 {
 		if err := ensureSysctl("net/ipv4/ip_forward", "1"); err != nil {
-			return nil, err
+			return BridgeLink{}, err
 		}
 	}
 	if v6 {
 		if err := ensureSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
-			return nil, err
+			return BridgeLink{}, err
 		}
 	}
-	return br.Attrs().HardwareAddr, nil
+	return BridgeLink{Index: br.Attrs().Index, MAC: br.Attrs().HardwareAddr}, nil
 }
 
 var errNotFound = errors.New("not found")
 
-func bridgeByName(name string) (*netlink.Bridge, error) {
-	l, err := netlinksafe.LinkByName(name)
+func bridgeByName(h netlinksafe.Handle, name string) (*netlink.Bridge, error) {
+	l, err := h.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
@@ -93,7 +97,12 @@ func bridgeByName(name string) (*netlink.Bridge, error) {
 // BridgeStatus says whether an ADD could attach to the bridge: nil when it
 // is a usable bridge or does not exist yet (ADD creates it).
 func (Netlink) BridgeStatus(name string) (up bool, err error) {
-	br, err := bridgeByName(name)
+	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return false, fmt.Errorf("open netlink: %w", err)
+	}
+	defer h.Close()
+	br, err := bridgeByName(h, name)
 	if errors.Is(err, errNotFound) {
 		return true, nil
 	}
@@ -103,8 +112,21 @@ func (Netlink) BridgeStatus(name string) (up bool, err error) {
 	return br.Attrs().Flags&net.FlagUp != 0, nil
 }
 
-func addrSet(l netlink.Link) (map[netip.Prefix]bool, error) {
-	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_ALL)
+// addrList is AddrList retried while the kernel reports the dump was
+// interrupted (netlinksafe has no handle variant of it).
+func addrList(h netlinksafe.Handle, l netlink.Link) ([]netlink.Addr, error) {
+	var addrs []netlink.Addr
+	var err error
+	for range 5 {
+		if addrs, err = h.AddrList(l, netlink.FAMILY_ALL); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return addrs, err
+}
+
+func addrSet(h netlinksafe.Handle, l netlink.Link) (map[netip.Prefix]bool, error) {
+	addrs, err := addrList(h, l)
 	if err != nil {
 		return nil, err
 	}
@@ -165,9 +187,13 @@ func openNetNS(path string) (ns.NetNS, error) {
 // bridge, then the pod end gets its addresses, routes and sysctls.
 //
 // Order matters for crash safety: everything Attach creates hangs off the
-// host end, whose name and alias are derived from the attachment, so a
-// plugin killed at any step leaves only objects that DEL (by name) and GC
-// (by alias) find.
+// host end, whose name and group follow from the attachment and are set by
+// the creating message itself, so a plugin killed at any step leaves only
+// objects that DEL (by name) and GC (by group and name) find.
+//
+// Cost matters too (a runtime waits for every ADD): one netlink socket for
+// the node side, one namespace switch for the whole pod side, and the
+// leftover check only when creation says the name is taken.
 func (Netlink) Attach(p Pod) (Attached, error) {
 	out := Attached{HostName: HostName(p.ContainerID, p.IfName), PodMAC: PodMAC(p.Addrs)}
 	out.HostMAC = hostMAC(out.HostName)
@@ -176,23 +202,19 @@ func (Netlink) Attach(p Pod) (Attached, error) {
 		return out, err
 	}
 	defer podNS.Close()
-	br, err := netlinksafe.LinkByName(p.Bridge)
+	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return out, fmt.Errorf("look up bridge %s: %w", p.Bridge, err)
+		return out, fmt.Errorf("open netlink: %w", err)
 	}
-	// A leftover from an earlier, interrupted ADD of this same attachment.
-	if err := deleteLink(out.HostName); err != nil {
-		return out, err
+	defer h.Close()
+	brIndex := p.BridgeIndex
+	if brIndex == 0 {
+		br, err := h.LinkByName(p.Bridge)
+		if err != nil {
+			return out, fmt.Errorf("look up bridge %s: %w", p.Bridge, err)
+		}
+		brIndex = br.Attrs().Index
 	}
-	podH, err := netlinksafe.NewHandleAt(netns.NsHandle(podNS.Fd()))
-	if err != nil {
-		return out, fmt.Errorf("open netlink in %s: %w", p.NetNS, err)
-	}
-	defer podH.Close()
-	if _, err := podH.LinkByName(p.IfName); err == nil {
-		return out, fmt.Errorf("%s in %s: %w", p.IfName, p.NetNS, ErrIfaceExists)
-	}
-
 	la := netlink.NewLinkAttrs()
 	la.Name = out.HostName
 	la.MTU = p.MTU
@@ -200,39 +222,55 @@ func (Netlink) Attach(p Pod) (Attached, error) {
 	la.Group = Group(p.Network)
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: p.IfName, PeerMTU: uint32(p.MTU),
 		PeerHardwareAddr: out.PodMAC, PeerNamespace: netlink.NsFd(int(podNS.Fd()))}
-	if err := netlink.LinkAdd(veth); err != nil {
+	err = h.LinkAdd(veth)
+	if errors.Is(err, unix.EEXIST) {
+		// Either a leftover of an earlier, interrupted ADD of this same
+		// attachment holds the host name (delete it, with its pod end, and
+		// try again), or the pod already has an interface of that name.
+		if derr := deleteLink(h, out.HostName); derr != nil {
+			return out, derr
+		}
+		if err = h.LinkAdd(veth); errors.Is(err, unix.EEXIST) {
+			return out, fmt.Errorf("%s in %s: %w", p.IfName, p.NetNS, ErrIfaceExists)
+		}
+	}
+	if err != nil {
 		return out, fmt.Errorf("create veth %s with peer %s in %s: %w", out.HostName, p.IfName, p.NetNS, err)
 	}
 	// The kernel ignores an alias in the creating message; set it now.
-	if err := netlink.LinkSetAlias(veth, Alias(p.Network, p.ContainerID, p.IfName)); err != nil {
+	if err := h.LinkSetAlias(veth, Alias(p.Network, p.ContainerID, p.IfName)); err != nil {
 		return out, fmt.Errorf("set alias of %s: %w", out.HostName, err)
 	}
-	if err := netlink.LinkSetMasterByIndex(veth, br.Attrs().Index); err != nil {
+	if err := h.LinkSetMasterByIndex(veth, brIndex); err != nil {
 		return out, fmt.Errorf("attach %s to %s: %w", out.HostName, p.Bridge, err)
 	}
 	if p.Hairpin {
-		if err := netlink.LinkSetHairpin(veth, true); err != nil {
+		if err := h.LinkSetHairpin(veth, true); err != nil {
 			return out, fmt.Errorf("set hairpin on %s: %w", out.HostName, err)
 		}
 	}
-	if err := netlink.LinkSetUp(veth); err != nil {
+	if err := h.LinkSetUp(veth); err != nil {
 		return out, fmt.Errorf("set %s up: %w", out.HostName, err)
 	}
-	if err := configurePod(podNS, podH, p); err != nil {
+	if err := podNS.Do(func(ns.NetNS) error { return configurePod(p) }); err != nil {
 		return out, err
 	}
 	return out, nil
 }
 
-func configurePod(podNS ns.NetNS, h netlinksafe.Handle, p Pod) error {
-	// DAD off before any address exists (and before up, which starts DAD for
+// configurePod runs inside the pod namespace.
+func configurePod(p Pod) error {
+	// DAD off before any address exists and before up (which starts DAD for
 	// the link-local address): the pod's addresses are unique by
 	// construction, and DAD would hold them "tentative" for a second or more.
-	if err := podNS.Do(func(ns.NetNS) error {
-		return disableDAD(p.IfName)
-	}); err != nil {
+	if err := disableDAD(p.IfName); err != nil {
 		return err
 	}
+	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("open netlink in %s: %w", p.NetNS, err)
+	}
+	defer h.Close()
 	l, err := h.LinkByName(p.IfName)
 	if err != nil {
 		return fmt.Errorf("look up %s in %s: %w", p.IfName, p.NetNS, err)
@@ -276,8 +314,9 @@ func disableDAD(ifName string) error {
 	return nil
 }
 
-func deleteLink(name string) error {
-	l, err := netlinksafe.LinkByName(name)
+// deleteLink deletes a link by name; a missing link is no error.
+func deleteLink(h netlinksafe.Handle, name string) error {
+	l, err := h.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
@@ -285,10 +324,20 @@ func deleteLink(name string) error {
 		}
 		return fmt.Errorf("look up %s: %w", name, err)
 	}
-	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	return nil
+}
+
+// withHandle runs fn with a netlink handle in the current namespace.
+func withHandle(fn func(h netlinksafe.Handle) error) error {
+	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	defer h.Close()
+	return fn(h)
 }
 
 // Detach removes an attachment's veth pair by its host name; deleting one
@@ -296,7 +345,7 @@ func deleteLink(name string) error {
 // no namespace, so it works after the pod namespace is gone, and deleting
 // what is already gone is no error.
 func (Netlink) Detach(containerID, ifName string) error {
-	return deleteLink(HostName(containerID, ifName))
+	return withHandle(func(h netlinksafe.Handle) error { return deleteLink(h, HostName(containerID, ifName)) })
 }
 
 // HostLinks lists the host veths in network's link group.
@@ -321,4 +370,6 @@ func (Netlink) HostLinks(network string) ([]HostLink, error) {
 }
 
 // DeleteHostLink deletes a host veth (and so its pod end) by name.
-func (Netlink) DeleteHostLink(name string) error { return deleteLink(name) }
+func (Netlink) DeleteHostLink(name string) error {
+	return withHandle(func(h netlinksafe.Handle) error { return deleteLink(h, name) })
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // ErrDrift wraps every difference Verify finds between what is and what
@@ -29,7 +30,7 @@ func (Netlink) Verify(p Pod, podMAC net.HardwareAddr) error {
 		return err
 	}
 	defer podNS.Close()
-	h, err := netlinksafe.NewHandleAt(netns.NsHandle(podNS.Fd()))
+	h, err := netlinksafe.NewHandleAt(netns.NsHandle(podNS.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("open netlink in %s: %w", p.NetNS, err)
 	}
@@ -51,7 +52,7 @@ func (Netlink) Verify(p Pod, podMAC net.HardwareAddr) error {
 	if pa.Flags&net.FlagUp == 0 {
 		return drift("%s in %s is down", p.IfName, p.NetNS)
 	}
-	addrs, err := h.AddrList(pl, netlink.FAMILY_ALL)
+	addrs, err := addrList(h, pl)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s in %s: %w", p.IfName, p.NetNS, err)
 	}

@@ -24,6 +24,12 @@ type Bridge struct {
 	Gateways []netip.Prefix
 }
 
+// BridgeLink is what EnsureBridge found or made.
+type BridgeLink struct {
+	Index int
+	MAC   net.HardwareAddr
+}
+
 // Route is a route inside the pod; an invalid Gw means on-link.
 type Route struct {
 	Dst netip.Prefix
@@ -37,6 +43,7 @@ type Pod struct {
 	IfName      string
 	NetNS       string // path of the pod's network namespace
 	Bridge      string
+	BridgeIndex int // from EnsureBridge; 0 means look the bridge up by name
 	MTU         int
 	Hairpin     bool
 	Addrs       []netip.Prefix // pod addresses with the subnet's prefix length
