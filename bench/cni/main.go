@@ -65,11 +65,13 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/podnet/podnet/internal/cnitest"
 )
 
 // refVersion is the containernetworking/plugins release the reference is
 // built from (hack/ref-plugins.sh).
-const refVersion = "v1.9.1"
+const refVersion = cnitest.RefVersion
 
 type options struct {
 	n, concurrency, warmup, block int
@@ -210,7 +212,7 @@ func findIP() (string, error) {
 // plugins finds the podnet binary and the reference plugins, and says what
 // to run when one is missing. It builds nothing.
 func (o options) plugins() (podnetBin, refDir string, err error) {
-	root, err := moduleRoot()
+	root, err := cnitest.ModuleRoot()
 	if err != nil {
 		return "", "", err
 	}
@@ -238,25 +240,6 @@ func (o options) plugins() (podnetBin, refDir string, err error) {
 		}
 	}
 	return podnetBin, refDir, nil
-}
-
-// moduleRoot is the directory holding this module's go.mod, found from the
-// working directory up.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory: run from the podnet checkout")
-		}
-		dir = parent
-	}
 }
 
 // newerSource returns a non-test Go source file of the plugin (cmd/, pkg/,
