@@ -1,0 +1,187 @@
+// Package machine makes the lab's machines out of namespaces. A machine is
+// a named network namespace (visible to `ip netns list` on the host) plus a
+// persistent mount namespace and UTS namespace of its own, in which
+//
+//   - /etc, /opt and /var/lib are overlays on the host's, private to the
+//     machine (so /etc/cni/net.d, /opt/cni/bin and /var/lib/cni are the
+//     machine's own and the host's stay untouched),
+//   - /run/netns is a tmpfs of its own (so `ip netns list` on a node shows
+//     that node's pods only, as on a real node),
+//   - /sys shows the machine's own interfaces (brctl reads it),
+//   - the hostname is the machine's name.
+//
+// Commands run "on" a machine through nsenter into all three namespaces.
+// The namespaces persist as bind mounts of their nsfs files under the lab's
+// state directory, so a machine outlives the process that made it until
+// Destroy removes it.
+package machine
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Machine is one lab machine.
+type Machine struct {
+	Name string
+	// Dir holds the machine's overlay layers.
+	Dir string
+	// NSDir holds the persisted namespace files (a private bind mount).
+	NSDir string
+}
+
+// New describes the machine name of a lab whose state lives in stateDir;
+// it creates nothing.
+func New(stateDir, name string) *Machine {
+	return &Machine{Name: name, Dir: filepath.Join(stateDir, "machines", name), NSDir: filepath.Join(stateDir, "ns")}
+}
+
+// NetNSPath is the host path of the machine's network namespace.
+func (m *Machine) NetNSPath() string { return "/var/run/netns/" + m.Name }
+
+func (m *Machine) mntFile() string { return filepath.Join(m.NSDir, m.Name+".mnt") }
+func (m *Machine) utsFile() string { return filepath.Join(m.NSDir, m.Name+".uts") }
+
+// overlays are the directories a machine gets its own writable copy of.
+var overlays = []string{"/etc", "/opt", "/var/lib"}
+
+func run(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Exists reports whether the machine's network namespace exists.
+func (m *Machine) Exists() bool {
+	_, err := os.Stat(m.NetNSPath())
+	return err == nil
+}
+
+// Create makes the machine. It refuses to adopt a network namespace of that
+// name that it did not make.
+func (m *Machine) Create() (err error) {
+	if m.Exists() {
+		return fmt.Errorf("a network namespace named %s already exists: remove it (ip netns del %s) or run `podnetctl lab down`", m.Name, m.Name)
+	}
+	defer func() {
+		if err != nil {
+			_ = m.Destroy()
+		}
+	}()
+	if err := run("ip", "netns", "add", m.Name); err != nil {
+		return err
+	}
+	if err := run("ip", "-n", m.Name, "link", "set", "lo", "up"); err != nil {
+		return err
+	}
+	if err := ensurePrivateMount(m.NSDir); err != nil {
+		return err
+	}
+	for _, f := range []string{m.mntFile(), m.utsFile()} {
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			return fmt.Errorf("create %s: %w", f, err)
+		}
+	}
+	if err := run("unshare", "--mount="+m.mntFile(), "--uts="+m.utsFile(), "--propagation", "private", "true"); err != nil {
+		return err
+	}
+	script := []string{"set -e", "mount -t sysfs sysfs /sys", "mount -t tmpfs -o mode=0755 tmpfs /run/netns",
+		"hostname " + m.Name}
+	for _, d := range overlays {
+		up, work := filepath.Join(m.Dir, "overlay", d, "upper"), filepath.Join(m.Dir, "overlay", d, "work")
+		for _, p := range []string{up, work} {
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return fmt.Errorf("create %s: %w", p, err)
+			}
+		}
+		script = append(script, fmt.Sprintf("mount -t overlay overlay -o lowerdir=%s,upperdir=%s,workdir=%s %s", d, up, work, d))
+	}
+	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
+		return fmt.Errorf("create /run/netns: %w", err)
+	}
+	cmd := m.Command("/bin/sh", "-c", strings.Join(script, "\n"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("set up the filesystem of machine %s: %w: %s", m.Name, err, out)
+	}
+	return nil
+}
+
+// Command returns a command that runs argv on the machine: in its network,
+// mount and UTS namespaces.
+func (m *Machine) Command(argv ...string) *exec.Cmd {
+	args := append([]string{"--net=" + m.NetNSPath(), "--mount=" + m.mntFile(), "--uts=" + m.utsFile(), "--"}, argv...)
+	return exec.Command("nsenter", args...)
+}
+
+// Destroy removes the machine's namespaces and layers. Processes still in
+// them must be stopped first (their namespaces live on while they run).
+// Destroying a machine that is (partly) gone is no error.
+func (m *Machine) Destroy() error {
+	var errs []error
+	for _, f := range []string{m.mntFile(), m.utsFile()} {
+		if mounted(f) {
+			if err := run("umount", "-l", f); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if m.Exists() {
+		if err := run("ip", "netns", "del", m.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.RemoveAll(m.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// ensurePrivateMount makes dir a mount point with private propagation, as
+// persisting a mount namespace by bind mount requires.
+func ensurePrivateMount(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if !mounted(dir) {
+		if err := run("mount", "--bind", dir, dir); err != nil {
+			return err
+		}
+	}
+	return run("mount", "--make-private", dir)
+}
+
+// ReleaseNSDir unmounts the namespace directory once every machine is gone.
+func ReleaseNSDir(stateDir string) error {
+	dir := filepath.Join(stateDir, "ns")
+	if mounted(dir) {
+		return run("umount", "-l", dir)
+	}
+	return nil
+}
+
+// mounted reports whether path is a mount point in the host's mount table.
+func mounted(path string) bool {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fields := strings.Fields(sc.Text()); len(fields) > 4 && fields[4] == path {
+			return true
+		}
+	}
+	return false
+}
