@@ -19,6 +19,20 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# etcd for the lab's control plane. The package would start a host etcd
+# service on install; a policy-rc.d that forbids it keeps the host unchanged.
+if ! dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed"; then
+  [ "$(id -u)" = 0 ] || { echo "deps: etcd-server is missing; run as root" >&2; exit 1; }
+  ours=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && ours=1
+  fi
+  echo "deps: installing etcd-server (its service is not started)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+  [ -n "$ours" ] && rm -f /usr/sbin/policy-rc.d
+fi
+
 TOOLS=${PODNET_TOOLS_DIR:-/var/cache/podnet/tools}
 STATICCHECK_VERSION=v0.8.2
 if [ ! -x "$TOOLS/staticcheck-$STATICCHECK_VERSION" ]; then

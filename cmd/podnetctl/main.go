@@ -1,0 +1,158 @@
+// Command podnetctl is podnet's command line: a thin client of the lab and
+// (later) of the node agent's debug API.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/podnet/podnet/pkg/lab"
+	"github.com/podnet/podnet/pkg/lab/machine"
+)
+
+const usage = `podnetctl — podnet's command line
+
+  podnetctl lab up [--workers N] [--backend vxlan|host-gw|hybrid]
+                                   build a Kubernetes cluster of network namespaces on this machine
+  podnetctl lab down               remove everything the lab made (safe to run twice, and after a crash)
+  podnetctl lab status             machines, components, nodes and where the logs are
+  podnetctl lab kubeconfig         print the path of the admin kubeconfig (for any kubectl)
+  podnetctl lab kubectl -- ARGS    kubectl of the control plane's version, with that kubeconfig
+  podnetctl lab node NAME [-- CMD] run CMD (default: a shell) on a machine: its network, filesystem
+                                   view (/etc/cni/net.d, /opt/cni/bin, ip netns list) and hostname
+
+The lab keeps its state in ` + lab.DefaultStateDir + ` (override: --dir or PODNET_LAB_DIR).
+`
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "podnetctl:", err)
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.ExitCode())
+		}
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) < 2 || args[0] != "lab" {
+		fmt.Fprint(os.Stderr, usage)
+		if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+			return nil
+		}
+		return fmt.Errorf("unknown command %q", args)
+	}
+	verb, rest := args[1], args[2:]
+	fs := flag.NewFlagSet("podnetctl lab "+verb, flag.ContinueOnError)
+	dir := fs.String("dir", envOr("PODNET_LAB_DIR", lab.DefaultStateDir), "lab state directory")
+	k8sDir := fs.String("k8s-dir", envOr("PODNET_K8S_DIR", lab.DefaultK8sDir()), "directory of the Kubernetes binaries")
+	workers := fs.Int("workers", 2, "number of worker nodes")
+	backend := fs.String("backend", "vxlan", "cross-node backend: vxlan, host-gw or hybrid")
+	if err := fs.Parse(rest); err != nil {
+		return err
+	}
+	rest = fs.Args()
+	if len(rest) > 0 && rest[0] == "--" {
+		rest = rest[1:]
+	}
+	switch verb {
+	case "up":
+		if *workers < 1 || *workers > 50 {
+			return fmt.Errorf("--workers %d: give between 1 and 50", *workers)
+		}
+		switch *backend {
+		case "vxlan", "host-gw", "hybrid":
+		default:
+			return fmt.Errorf("--backend %q: use vxlan, host-gw or hybrid", *backend)
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		self, _ := os.Executable()
+		l := lab.New(lab.Options{Workers: *workers, Backend: *backend, Dir: *dir, K8sDir: *k8sDir,
+			PluginDir: filepath.Dir(self), NodeAgent: []string{self, "lab", "node-agent"}, Out: os.Stdout})
+		if err := l.Up(ctx); err != nil {
+			return err
+		}
+		fmt.Printf("\nThe lab is up. Try:\n  podnetctl lab kubectl -- get nodes -o wide\n  podnetctl lab node node-1 -- ip route\n  export KUBECONFIG=%s\n", l.AdminKubeconfig())
+		return nil
+	case "down":
+		return lab.Down(*dir)
+	case "status":
+		return lab.PrintStatus(os.Stdout, *dir)
+	case "kubeconfig":
+		l := lab.New(lab.Options{Dir: *dir})
+		if _, ok, err := lab.LoadState(*dir); err != nil || !ok {
+			return orNoLab(err)
+		}
+		fmt.Println(l.AdminKubeconfig())
+		return nil
+	case "kubectl":
+		l := lab.New(lab.Options{Dir: *dir})
+		st, ok, err := lab.LoadState(*dir)
+		if err != nil || !ok {
+			return orNoLab(err)
+		}
+		return execInto(filepath.Join(st.K8sDir, "kubectl"), append([]string{"kubectl", "--kubeconfig", l.AdminKubeconfig()}, rest...), os.Environ())
+	case "node":
+		if len(rest) == 0 {
+			return errors.New("usage: podnetctl lab node NAME [-- CMD ...]")
+		}
+		st, ok, err := lab.LoadState(*dir)
+		if err != nil || !ok {
+			return orNoLab(err)
+		}
+		return onNode(*dir, st, rest[0], rest[1:])
+	}
+	fmt.Fprint(os.Stderr, usage)
+	return fmt.Errorf("unknown lab command %q", verb)
+}
+
+func orNoLab(err error) error {
+	if err != nil {
+		return err
+	}
+	return errors.New("no lab is up: run `podnetctl lab up` first")
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func execInto(path string, argv, env []string) error {
+	if err := syscall.Exec(path, argv, env); err != nil {
+		return fmt.Errorf("exec %s: %w", path, err)
+	}
+	return nil
+}
+
+// onNode runs a command on a lab machine with the admin kubeconfig and the
+// lab's kubectl on PATH, so the seeds' commands work there verbatim.
+func onNode(dir string, st lab.State, name string, argv []string) error {
+	known := false
+	for _, m := range st.Machines {
+		known = known || m.Name == name
+	}
+	if !known {
+		return fmt.Errorf("the lab has no machine %q (see `podnetctl lab status`)", name)
+	}
+	if len(argv) == 0 {
+		argv = []string{"/bin/bash", "-l"}
+	}
+	m := machine.New(dir, name)
+	cmd := m.Command(argv...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.New(lab.Options{Dir: dir}).AdminKubeconfig(),
+		"PATH="+st.K8sDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	return cmd.Run()
+}

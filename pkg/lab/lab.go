@@ -1,0 +1,297 @@
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/podnet/podnet/pkg/lab/cgroup"
+	"github.com/podnet/podnet/pkg/lab/machine"
+	"github.com/podnet/podnet/pkg/lab/pki"
+)
+
+// CgroupName is the lab's cgroup v2 group.
+const CgroupName = "podnet-lab"
+
+// Options configure a lab.
+type Options struct {
+	Workers int
+	Backend string
+	// Dir is the state directory (DefaultStateDir when empty).
+	Dir string
+	// K8sDir holds kube-apiserver, kube-controller-manager, kube-scheduler
+	// and kubectl of one version (hack/k8s.sh builds them).
+	K8sDir string
+	// PluginDir holds the CNI plugins every node gets in /opt/cni/bin.
+	PluginDir string
+	// NodeAgent is the argv prefix that runs the lab node agent.
+	NodeAgent []string
+	// Out receives progress lines.
+	Out io.Writer
+}
+
+// Lab is one lab on this machine.
+type Lab struct {
+	opts Options
+	dir  string
+}
+
+// New returns the lab described by opts.
+func New(opts Options) *Lab {
+	if opts.Dir == "" {
+		opts.Dir = DefaultStateDir
+	}
+	if opts.Out == nil {
+		opts.Out = io.Discard
+	}
+	return &Lab{opts: opts, dir: opts.Dir}
+}
+
+// Dir is the lab's state directory.
+func (l *Lab) Dir() string { return l.dir }
+
+// PKIDir holds the lab's certificates and kubeconfigs.
+func (l *Lab) PKIDir() string { return filepath.Join(l.dir, "pki") }
+
+// LogDir holds one log file per component.
+func (l *Lab) LogDir() string { return filepath.Join(l.dir, "logs") }
+
+// AdminKubeconfig is the path of the admin kubeconfig.
+func (l *Lab) AdminKubeconfig() string { return filepath.Join(l.PKIDir(), pki.AdminKubeconfig) }
+
+func (l *Lab) say(format string, a ...any) { fmt.Fprintf(l.opts.Out, format+"\n", a...) }
+
+// preflight says what is missing for a lab on this machine.
+func (l *Lab) preflight() error {
+	if os.Geteuid() != 0 {
+		return errors.New("the lab needs root: it creates network namespaces, veths, mounts and cgroups (run it with sudo)")
+	}
+	var missing []string
+	for _, f := range []string{"/proc/self/ns/net", "/proc/self/ns/mnt", "/proc/self/ns/uts"} {
+		if _, err := os.Stat(f); err != nil {
+			missing = append(missing, "namespace "+filepath.Base(f))
+		}
+	}
+	fs, _ := os.ReadFile("/proc/filesystems")
+	if !strings.Contains(string(fs), "overlay") {
+		if exec.Command("modprobe", "overlay").Run() != nil {
+			missing = append(missing, "overlayfs (modprobe overlay)")
+		}
+	}
+	if _, err := cgroup.Mount(); err != nil {
+		missing = append(missing, "a cgroup v2 hierarchy")
+	}
+	for _, tool := range []string{"ip", "nsenter", "unshare", "mount", "etcd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, "the command "+tool)
+		}
+	}
+	for _, bin := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"} {
+		if _, err := os.Stat(filepath.Join(l.opts.K8sDir, bin)); err != nil {
+			missing = append(missing, bin+" in "+l.opts.K8sDir+" (hack/k8s.sh builds it)")
+		}
+	}
+	if _, err := os.Stat(filepath.Join(l.opts.PluginDir, "podnet")); err != nil {
+		missing = append(missing, "the podnet CNI plugin in "+l.opts.PluginDir+" (make build)")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("this machine cannot run the lab; missing: %s", strings.Join(missing, "; "))
+	}
+	return nil
+}
+
+// Up builds the lab and returns when the API server answers and every node
+// is Ready. A failure part-way removes what was built.
+func (l *Lab) Up(ctx context.Context) (err error) {
+	if err := l.preflight(); err != nil {
+		return err
+	}
+	if st, ok, err := LoadState(l.dir); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("a lab is already %s here (built %s): see `podnetctl lab status`, or `podnetctl lab down` first",
+			st.Phase, st.Created.Format(time.RFC3339))
+	}
+	start := time.Now()
+	st := State{Created: start.UTC(), Backend: l.opts.Backend, Machines: Machines(l.opts.Workers), K8sDir: l.opts.K8sDir, Phase: "building"}
+	for _, d := range []string{l.dir, l.LogDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	if err := saveState(l.dir, st); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			l.say("lab up failed: %v\nremoving what was built (logs were in %s)", err, l.LogDir())
+			if derr := Down(l.dir); derr != nil {
+				l.say("cleanup: %v", derr)
+			}
+		}
+	}()
+	l.say("underlay %s: switch netns %s, host %s %s", Underlay, SwitchNS, HostLink, HostIP)
+	if err := buildSwitch(); err != nil {
+		return err
+	}
+	for _, ms := range st.Machines {
+		if err := machine.New(l.dir, ms.Name).Create(); err != nil {
+			return err
+		}
+		if err := plug(ms); err != nil {
+			return err
+		}
+		l.say("machine %-12s %s on %s", ms.Name, ms.IP, NodeLink)
+	}
+	spec := pki.DefaultSpec()
+	spec.Server = APIServer()
+	if _, err := pki.Create(l.PKIDir(), spec); err != nil {
+		return err
+	}
+	for _, c := range l.controlPlane() {
+		if err := l.start(c); err != nil {
+			return err
+		}
+	}
+	if err := l.waitAPIServer(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	l.say("control plane: %s ready after %s", APIServer(), time.Since(start).Round(100*time.Millisecond))
+	st.Phase = "up"
+	return saveState(l.dir, st)
+}
+
+// start runs a component on its machine, detached, in its own cgroup.
+func (l *Lab) start(c component) error {
+	root, err := cgroup.Root(CgroupName)
+	if err != nil {
+		return err
+	}
+	g, err := root.Child(c.Machine + "/" + c.Name)
+	if err != nil {
+		return err
+	}
+	logPath := filepath.Join(l.LogDir(), c.Machine+"-"+c.Name+".log")
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("open log %s: %w", logPath, err)
+	}
+	defer logf.Close()
+	cmd := machine.New(l.dir, c.Machine).Command(g.Wrap(c.Argv...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = "/"
+	cmd.Env = append(os.Environ(), "PATH="+l.opts.K8sDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s on %s: %w", c.Name, c.Machine, err)
+	}
+	return cmd.Process.Release() // it outlives podnetctl; its cgroup keeps track of it
+}
+
+// apiClient is an HTTP client that trusts the lab's CA; /readyz needs no
+// credentials (RBAC's system:public-info-viewer).
+func (l *Lab) apiClient() (*http.Client, error) {
+	caPEM, err := os.ReadFile(filepath.Join(l.PKIDir(), pki.CACert))
+	if err != nil {
+		return nil, fmt.Errorf("read CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	return &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool}}}, nil
+}
+
+// waitAPIServer waits until /readyz answers ok, from the host through
+// podnetlab0, as a user's kubectl would reach it.
+func (l *Lab) waitAPIServer(ctx context.Context, timeout time.Duration) error {
+	c, err := l.apiClient()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		resp, err := c.Get(APIServer() + "/readyz")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("the API server did not become ready in %s (last: %s); see %s", timeout, last,
+		filepath.Join(l.LogDir(), ControlPlane+"-kube-apiserver.log"))
+}
+
+// Down removes everything a lab in dir made: processes (by cgroup),
+// machines, the switch and the host's link, mounts and state. It works on a
+// half-built lab and after a crash, and is a no-op when there is no lab.
+func Down(dir string) error {
+	if dir == "" {
+		dir = DefaultStateDir
+	}
+	var errs []error
+	if m, err := cgroup.Mount(); err == nil {
+		g := cgroup.Group{Path: filepath.Join(m, CgroupName)}
+		if err := g.Remove(5 * time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, name := range machineNames(dir) {
+		if err := machine.New(dir, name).Destroy(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := unplugSwitch(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := machine.ReleaseNSDir(dir); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// machineNames are the machines of the lab in dir: from its state, and from
+// the namespace files of machines a crash left unrecorded.
+func machineNames(dir string) []string {
+	seen := map[string]bool{}
+	var names []string
+	if st, ok, _ := LoadState(dir); ok {
+		for _, m := range st.Machines {
+			seen[m.Name] = true
+			names = append(names, m.Name)
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(dir, "ns"))
+	for _, e := range ents {
+		if n, ok := strings.CutSuffix(e.Name(), ".mnt"); ok && !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	return names
+}

@@ -1,0 +1,66 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/podnet/podnet/pkg/lab/cgroup"
+	"github.com/podnet/podnet/pkg/lab/machine"
+)
+
+// PrintStatus writes the lab's machines, their components (alive or not)
+// and the API server's readiness.
+func PrintStatus(w io.Writer, dir string) error {
+	st, ok, err := LoadState(dir)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		fmt.Fprintln(w, "no lab is up (podnetctl lab up builds one)")
+		return nil
+	}
+	l := New(Options{Dir: dir, K8sDir: st.K8sDir})
+	fmt.Fprintf(w, "lab %s since %s, backend %s, Kubernetes %s\n\n", st.Phase, st.Created.Local().Format(time.RFC3339), st.Backend, filepath.Base(st.K8sDir))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MACHINE\tADDRESS\tNAMESPACES\tCOMPONENTS")
+	root := cgroup.Group{}
+	if m, err := cgroup.Mount(); err == nil {
+		root = cgroup.Group{Path: filepath.Join(m, CgroupName)}
+	}
+	for _, ms := range st.Machines {
+		ns := "missing"
+		if machine.New(dir, ms.Name).Exists() {
+			ns = "ok"
+		}
+		comps := ""
+		for _, c := range componentsOn(l, ms) {
+			state := "down"
+			if root.Path != "" && root.Sub(ms.Name+"/"+c).Populated() {
+				state = "running"
+			}
+			comps += fmt.Sprintf("%s=%s ", c, state)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ms.Name, ms.IP, ns, comps)
+	}
+	tw.Flush()
+	api := "ready"
+	if err := l.waitAPIServer(nil, 0); err != nil {
+		api = "not ready: " + err.Error()
+	}
+	fmt.Fprintf(w, "\nAPI server %s: %s\nkubeconfig: %s\nlogs: %s\n", APIServer(), api, l.AdminKubeconfig(), l.LogDir())
+	return nil
+}
+
+// componentsOn names the components that run on a machine.
+func componentsOn(l *Lab, ms MachineSpec) []string {
+	var out []string
+	if ms.ControlPlane {
+		for _, c := range l.controlPlane() {
+			out = append(out, c.Name)
+		}
+	}
+	return append(out, "node-agent")
+}
