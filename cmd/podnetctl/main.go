@@ -51,6 +51,12 @@ func run(args []string) error {
 		return fmt.Errorf("unknown command %q", args)
 	}
 	verb, rest := args[1], args[2:]
+	switch verb {
+	case "node-agent":
+		return runNodeAgent(rest)
+	case "run-builtin":
+		return runBuiltin(rest)
+	}
 	fs := flag.NewFlagSet("podnetctl lab "+verb, flag.ContinueOnError)
 	dir := fs.String("dir", envOr("PODNET_LAB_DIR", lab.DefaultStateDir), "lab state directory")
 	k8sDir := fs.String("k8s-dir", envOr("PODNET_K8S_DIR", lab.DefaultK8sDir()), "directory of the Kubernetes binaries")
@@ -77,7 +83,8 @@ func run(args []string) error {
 		defer stop()
 		self, _ := os.Executable()
 		l := lab.New(lab.Options{Workers: *workers, Backend: *backend, Dir: *dir, K8sDir: *k8sDir,
-			PluginDir: filepath.Dir(self), NodeAgent: []string{self, "lab", "node-agent"}, Out: os.Stdout})
+			PluginDir:    filepath.Dir(self),
+			RefPluginDir: envOr("PODNET_REF_CNI_DIR", "/var/cache/podnet/cni-plugins/v1.9.1"), NodeAgent: []string{self, "lab", "node-agent"}, Out: os.Stdout})
 		if err := l.Up(ctx); err != nil {
 			return err
 		}
@@ -109,7 +116,11 @@ func run(args []string) error {
 		if err != nil || !ok {
 			return orNoLab(err)
 		}
-		return onNode(*dir, st, rest[0], rest[1:])
+		cmdArgs := rest[1:]
+		if len(cmdArgs) > 0 && cmdArgs[0] == "--" {
+			cmdArgs = cmdArgs[1:]
+		}
+		return onNode(*dir, st, rest[0], cmdArgs)
 	}
 	fmt.Fprint(os.Stderr, usage)
 	return fmt.Errorf("unknown lab command %q", verb)

@@ -32,8 +32,10 @@ type Options struct {
 	// K8sDir holds kube-apiserver, kube-controller-manager, kube-scheduler
 	// and kubectl of one version (hack/k8s.sh builds them).
 	K8sDir string
-	// PluginDir holds the CNI plugins every node gets in /opt/cni/bin.
-	PluginDir string
+	// PluginDir holds the podnet CNI plugin, RefPluginDir the reference
+	// plugins (portmap, loopback, …); every node gets both in /opt/cni/bin.
+	PluginDir    string
+	RefPluginDir string
 	// NodeAgent is the argv prefix that runs the lab node agent.
 	NodeAgent []string
 	// Out receives progress lines.
@@ -134,7 +136,12 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			l.say("lab up failed: %v\nremoving what was built (logs were in %s)", err, l.LogDir())
+			// Keep the logs: they say why.
+			kept := filepath.Join(os.TempDir(), "podnet-lab-logs-"+start.Format("20060102-150405"))
+			if rerr := os.Rename(l.LogDir(), kept); rerr != nil {
+				kept = "(lost: " + rerr.Error() + ")"
+			}
+			l.say("lab up failed: %v\nremoving what was built; the logs are in %s", err, kept)
 			if derr := Down(l.dir); derr != nil {
 				l.say("cleanup: %v", derr)
 			}
@@ -155,10 +162,14 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 	}
 	spec := pki.DefaultSpec()
 	spec.Server = APIServer()
-	if _, err := pki.Create(l.PKIDir(), spec); err != nil {
+	bundle, err := pki.Create(l.PKIDir(), spec)
+	if err != nil {
 		return err
 	}
-	for _, c := range l.controlPlane() {
+	// etcd and the API server first; the controller manager and the
+	// scheduler read RBAC-protected objects at start-up.
+	cp := l.controlPlane()
+	for _, c := range cp[:2] {
 		if err := l.start(c); err != nil {
 			return err
 		}
@@ -166,7 +177,21 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 	if err := l.waitAPIServer(ctx, 60*time.Second); err != nil {
 		return err
 	}
+	for _, c := range cp[2:] {
+		if err := l.start(c); err != nil {
+			return err
+		}
+	}
 	l.say("control plane: %s ready after %s", APIServer(), time.Since(start).Round(100*time.Millisecond))
+	for _, ms := range st.Machines {
+		if err := l.startNode(bundle, ms); err != nil {
+			return err
+		}
+	}
+	if err := l.waitNodesReady(ctx, st.Machines, 60*time.Second); err != nil {
+		return err
+	}
+	l.say("nodes: %d Ready after %s", len(st.Machines), time.Since(start).Round(100*time.Millisecond))
 	st.Phase = "up"
 	return saveState(l.dir, st)
 }
@@ -187,7 +212,14 @@ func (l *Lab) start(c component) error {
 		return fmt.Errorf("open log %s: %w", logPath, err)
 	}
 	defer logf.Close()
-	cmd := machine.New(l.dir, c.Machine).Command(g.Wrap(c.Argv...)...)
+	// Into the cgroup first (on the host), then onto the machine, under a
+	// loop that restarts the component when it exits (what systemd or
+	// kubelet's static pods do on a real control plane).
+	inner := machine.New(l.dir, c.Machine).Command(c.Argv...)
+	argv := g.Wrap(append([]string{"/bin/sh", "-c",
+		`while :; do "$@"; echo "podnet lab: $1 exited with status $?; restarting in 1s" >&2; sleep 1; done`, "-"},
+		inner.Args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
 	cmd.Env = append(os.Environ(), "PATH="+l.opts.K8sDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -47,7 +48,7 @@ func PrintStatus(w io.Writer, dir string) error {
 	}
 	tw.Flush()
 	api := "ready"
-	if err := l.waitAPIServer(nil, 0); err != nil {
+	if err := l.waitAPIServer(context.Background(), 0); err != nil {
 		api = "not ready: " + err.Error()
 	}
 	fmt.Fprintf(w, "\nAPI server %s: %s\nkubeconfig: %s\nlogs: %s\n", APIServer(), api, l.AdminKubeconfig(), l.LogDir())

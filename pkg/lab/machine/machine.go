@@ -95,6 +95,16 @@ func (m *Machine) Create() (err error) {
 	}
 	script := []string{"set -e", "mount -t sysfs sysfs /sys", "mount -t tmpfs -o mode=0755 tmpfs /run/netns",
 		"hostname " + m.Name}
+	// A fresh sysfs hides the host's cgroup mounts; the machine gets the
+	// cgroup v2 hierarchy back at the host's path, so cgroup paths mean the
+	// same on the machine and on the host.
+	if cg, err := cgroupMount(); err == nil {
+		if cg == "/sys/fs/cgroup" {
+			script = append(script, "mount -t cgroup2 cgroup2 /sys/fs/cgroup")
+		} else {
+			script = append(script, "mount -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup", "mkdir -p "+cg, "mount -t cgroup2 cgroup2 "+cg)
+		}
+	}
 	for _, d := range overlays {
 		up, work := filepath.Join(m.Dir, "overlay", d, "upper"), filepath.Join(m.Dir, "overlay", d, "work")
 		for _, p := range []string{up, work} {
@@ -168,6 +178,25 @@ func ReleaseNSDir(stateDir string) error {
 		return run("umount", "-l", dir)
 	}
 	return nil
+}
+
+// cgroupMount is where the host mounts the cgroup v2 hierarchy.
+func cgroupMount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		for i, fl := range fields {
+			if fl == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && strings.HasPrefix(fields[4], "/sys/fs/cgroup") {
+				return fields[4], nil
+			}
+		}
+	}
+	return "", errors.New("no cgroup v2 mount")
 }
 
 // mounted reports whether path is a mount point in the host's mount table.

@@ -1,0 +1,297 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/podnet/podnet/pkg/lab/cgroup"
+	"github.com/podnet/podnet/pkg/lab/images"
+)
+
+// podState is what the agent runs for one pod.
+type podState struct {
+	uid        types.UID
+	namespace  string
+	name       string
+	sb         *sandbox
+	resolv     string
+	hosts      string
+	containers map[string]*ctr
+	lastStatus string // the status last sent, to skip identical updates
+}
+
+// ctr is one container: a process tree in its own cgroup.
+type ctr struct {
+	spec     corev1.Container
+	prog     images.Program
+	imageErr error
+	running  bool
+	started  time.Time
+	restarts int32
+	last     *corev1.ContainerStateTerminated
+	nextTry  time.Time
+	backoff  time.Duration
+}
+
+// runPods runs the pods bound to this node until ctx ends: an informer marks
+// the state dirty and one loop reconciles every pod (level-triggered).
+func (a *Agent) runPods(ctx context.Context) {
+	dirty := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case dirty <- struct{}{}:
+		default:
+		}
+	}
+	f := informers.NewSharedInformerFactoryWithOptions(a.client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()
+	}))
+	inf := f.Core().V1().Pods().Informer()
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { poke() }, UpdateFunc: func(any, any) { poke() }, DeleteFunc: func(any) { poke() }})
+	f.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return
+	}
+	a.exited = poke
+	pods := map[types.UID]*podState{}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		a.syncPods(ctx, inf.GetStore(), pods)
+		select {
+		case <-ctx.Done():
+			return // pods keep running: the agent may be restarted
+		case <-dirty:
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *Agent) syncPods(ctx context.Context, store cache.Store, pods map[types.UID]*podState) {
+	seen := map[types.UID]bool{}
+	for _, obj := range store.List() {
+		pod := obj.(*corev1.Pod)
+		seen[pod.UID] = true
+		ps := pods[pod.UID]
+		switch {
+		case pod.DeletionTimestamp != nil:
+			if ps != nil {
+				a.stopPod(ctx, ps, gracePeriod(pod))
+				delete(pods, pod.UID)
+			}
+			err := a.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name,
+				metav1.DeleteOptions{GracePeriodSeconds: new(int64), Preconditions: &metav1.Preconditions{UID: &pod.UID}})
+			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+				a.log.Warn("delete pod", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+			}
+		case ps == nil:
+			if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+				continue
+			}
+			ps, err := a.startPod(ctx, pod)
+			if err != nil {
+				a.log.Warn("start pod", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+				a.reportSandboxError(ctx, pod, err)
+				continue
+			}
+			pods[pod.UID] = ps
+			a.reconcile(ctx, pod, ps)
+		default:
+			a.reconcile(ctx, pod, ps)
+		}
+	}
+	for uid, ps := range pods {
+		if !seen[uid] { // deleted without grace
+			a.stopPod(ctx, ps, 0)
+			delete(pods, uid)
+		}
+	}
+}
+
+func gracePeriod(pod *corev1.Pod) time.Duration {
+	if pod.DeletionGracePeriodSeconds != nil {
+		return time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
+	}
+	return 30 * time.Second
+}
+
+// startPod creates the sandbox and resolves every container's image.
+func (a *Agent) startPod(ctx context.Context, pod *corev1.Pod) (*podState, error) {
+	sb, err := a.createSandbox(ctx, pod)
+	if err != nil {
+		return nil, err
+	}
+	resolv, hosts, err := a.writePodFiles(pod, sb.ips[0])
+	if err != nil {
+		_ = a.deleteSandbox(ctx, sb)
+		return nil, err
+	}
+	ps := &podState{uid: pod.UID, namespace: pod.Namespace, name: pod.Name, sb: sb, resolv: resolv, hosts: hosts,
+		containers: map[string]*ctr{}}
+	for _, c := range pod.Spec.Containers {
+		var ports []int32
+		for _, p := range c.Ports {
+			ports = append(ports, p.ContainerPort)
+		}
+		prog, err := images.Resolve(c.Image, c.Command, c.Args, ports)
+		ps.containers[c.Name] = &ctr{spec: c, prog: prog, imageErr: err}
+	}
+	a.log.Info("pod sandbox ready", "pod", pod.Namespace+"/"+pod.Name, "netns", sb.netns, "ip", sb.ips[0])
+	return ps, nil
+}
+
+func (a *Agent) podGroup(uid types.UID, name string) (cgroup.Group, error) {
+	root, err := cgroup.Root(filepath.Join("podnet-lab", a.cfg.NodeName, "pods", string(uid)))
+	if err != nil {
+		return cgroup.Group{}, err
+	}
+	if name == "" {
+		return root, nil
+	}
+	return root.Child(name)
+}
+
+// reconcile starts containers that should run, restarts them per the
+// restart policy with kubelet's back-off, and reports status.
+func (a *Agent) reconcile(ctx context.Context, pod *corev1.Pod, ps *podState) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	for _, c := range ps.containers {
+		if c.running || c.imageErr != nil || now.Before(c.nextTry) {
+			continue
+		}
+		if c.last != nil && !shouldRestart(pod.Spec.RestartPolicy, c.last.ExitCode) {
+			continue
+		}
+		if err := a.startContainer(ps, c); err != nil {
+			a.log.Warn("start container", "pod", pod.Namespace+"/"+pod.Name, "container", c.spec.Name, "err", err)
+			c.imageErr = err
+		}
+	}
+	a.reportStatus(ctx, pod, ps)
+}
+
+func shouldRestart(p corev1.RestartPolicy, code int32) bool {
+	switch p {
+	case corev1.RestartPolicyNever:
+		return false
+	case corev1.RestartPolicyOnFailure:
+		return code != 0
+	}
+	return true
+}
+
+// startContainer runs the container's program in the pod's network
+// namespace, in a mount and UTS namespace of its own where /etc/resolv.conf
+// and /etc/hosts are the pod's and the hostname is the pod's name.
+func (a *Agent) startContainer(ps *podState, c *ctr) error {
+	g, err := a.podGroup(ps.uid, c.spec.Name)
+	if err != nil {
+		return err
+	}
+	argv := []string{c.prog.Path}
+	if c.prog.Builtin != "" {
+		self, _ := os.Executable()
+		argv = []string{self, "lab", "run-builtin", c.prog.Builtin}
+	}
+	argv = append(argv, c.prog.Args...)
+	inner := append([]string{"/bin/sh", "-c",
+		`mount --bind "$0" /etc/resolv.conf && mount --bind "$1" /etc/hosts && hostname "$2" && shift 3 && exec "$@"`,
+		ps.resolv, ps.hosts, ps.name, "-"}, argv...)
+	full := append([]string{"nsenter", "--net=" + ps.sb.path(), "--", "unshare", "--mount", "--uts", "--propagation", "private", "--"}, inner...)
+	full = g.Wrap(full...)
+	cmd := exec.Command(full[0], full[1:]...)
+	logPath := filepath.Join(a.cfg.PodDir, string(ps.uid), "logs", c.spec.Name+".log")
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = "/"
+	if c.spec.WorkingDir != "" {
+		cmd.Dir = c.spec.WorkingDir
+	}
+	cmd.Env = []string{"PATH=" + images.ContainerPATH, "HOSTNAME=" + ps.name,
+		"KUBERNETES_SERVICE_HOST=10.96.0.1", "KUBERNETES_SERVICE_PORT=443"}
+	for _, e := range c.spec.Env {
+		if e.ValueFrom == nil {
+			cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+		}
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	logf.Close()
+	if c.last != nil {
+		c.restarts++
+	}
+	c.running, c.started = true, time.Now()
+	go func() {
+		err := cmd.Wait()
+		code := int32(0)
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = int32(ee.ExitCode())
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				code = 128 + int32(ws.Signal())
+			}
+		} else if err != nil {
+			code = 128
+		}
+		a.containerExited(c, code)
+	}()
+	return nil
+}
+
+func (a *Agent) containerExited(c *ctr, code int32) {
+	a.mu.Lock()
+	reason := "Completed"
+	if code != 0 {
+		reason = "Error"
+	}
+	c.running = false
+	c.last = &corev1.ContainerStateTerminated{ExitCode: code, Reason: reason,
+		StartedAt: metav1.NewTime(c.started), FinishedAt: metav1.Now(), ContainerID: "podnet-lab://" + strconv.FormatInt(c.started.UnixNano(), 16)}
+	// kubelet's back-off: 10 s doubling to 5 min, reset after 10 min of running.
+	if time.Since(c.started) > 10*time.Minute || c.backoff == 0 {
+		c.backoff = 10 * time.Second
+	} else if c.backoff < 5*time.Minute {
+		c.backoff *= 2
+	}
+	c.nextTry = time.Now().Add(c.backoff)
+	a.mu.Unlock()
+	if a.exited != nil {
+		a.exited()
+	}
+}
+
+// stopPod stops every container (SIGTERM, grace, SIGKILL), then CNI DEL.
+func (a *Agent) stopPod(ctx context.Context, ps *podState, grace time.Duration) {
+	if g, err := a.podGroup(ps.uid, ""); err == nil {
+		if err := g.Remove(grace); err != nil {
+			a.log.Warn("stop pod", "pod", ps.namespace+"/"+ps.name, "err", err)
+		}
+	}
+	if err := a.deleteSandbox(ctx, ps.sb); err != nil {
+		a.log.Warn("delete sandbox", "pod", ps.namespace+"/"+ps.name, "err", err)
+	}
+	_ = os.RemoveAll(filepath.Join(a.cfg.PodDir, string(ps.uid)))
+	a.log.Info("pod stopped", "pod", ps.namespace+"/"+ps.name)
+}

@@ -1,0 +1,105 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podnet/podnet/pkg/lab/machine"
+	"github.com/podnet/podnet/pkg/lab/pki"
+)
+
+// nodePlugins are the CNI plugins every node gets in /opt/cni/bin.
+var nodePlugins = []string{"portmap", "loopback", "bandwidth", "tuning", "firewall", "host-local", "bridge"}
+
+// startNode installs the CNI plugins on a machine and starts its node agent.
+func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
+	srcs := []string{filepath.Join(l.opts.PluginDir, "podnet")}
+	for _, p := range nodePlugins {
+		srcs = append(srcs, filepath.Join(l.opts.RefPluginDir, p))
+	}
+	m := machine.New(l.dir, ms.Name)
+	install := m.Command("/bin/sh", "-c", `mkdir -p /opt/cni/bin /etc/cni/net.d /var/lib/cni && cp -f "$@" /opt/cni/bin/`, "-")
+	install.Args = append(install.Args, srcs...)
+	if out, err := install.CombinedOutput(); err != nil {
+		return fmt.Errorf("install CNI plugins on %s: %w: %s", ms.Name, err, out)
+	}
+	kc, err := b.NodeKubeconfig(ms.Name)
+	if err != nil {
+		return err
+	}
+	argv := append(append([]string{}, l.opts.NodeAgent...), "--node", ms.Name, "--ip", ms.IP.String(), "--kubeconfig", kc)
+	if ms.ControlPlane {
+		argv = append(argv, "--control-plane")
+	}
+	return l.start(component{Machine: ms.Name, Name: "node-agent", Argv: argv})
+}
+
+// Client is a Kubernetes client with the lab's admin credentials.
+func (l *Lab) Client() (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.AdminKubeconfig())
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", l.AdminKubeconfig(), err)
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// waitNodesReady waits for every machine's Node to be Ready, labels the
+// control plane's (kubelets may not set node-role labels themselves), and
+// says which nodes are not ready and why when time runs out.
+func (l *Lab) waitNodesReady(ctx context.Context, ms []MachineSpec, timeout time.Duration) error {
+	c, err := l.Client()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		notReady := map[string]string{}
+		for _, m := range ms {
+			notReady[m.Name] = "not registered"
+		}
+		if nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil {
+			for _, n := range nodes.Items {
+				for _, cond := range n.Status.Conditions {
+					if cond.Type == corev1.NodeReady {
+						if cond.Status == corev1.ConditionTrue {
+							delete(notReady, n.Name)
+						} else {
+							notReady[n.Name] = cond.Message
+						}
+					}
+				}
+			}
+		}
+		if len(notReady) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			var why []string
+			for n, m := range notReady {
+				why = append(why, n+": "+m)
+			}
+			sort.Strings(why)
+			return fmt.Errorf("nodes not Ready after %s: %s; see %s", timeout, strings.Join(why, "; "), l.LogDir())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	patch := []byte(`{"metadata":{"labels":{"node-role.kubernetes.io/control-plane":""}}}`)
+	if _, err := c.CoreV1().Nodes().Patch(ctx, ControlPlane, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("label the control plane node: %w", err)
+	}
+	return nil
+}
