@@ -9,7 +9,7 @@ export PATH := $(PATH):/usr/sbin:/sbin
 
 BINARIES := podnet
 
-.PHONY: all build deps ref-plugins lint test unit bench demo clean
+.PHONY: all build deps ref-plugins k8s lint test unit bench demo lab-up lab-down clean
 
 all: build
 
@@ -23,6 +23,13 @@ deps:
 ref-plugins:
 	@bash hack/ref-plugins.sh
 
+# The lab's Kubernetes binaries, built once per machine from the
+# k8s.io/kubernetes module (hack/k8s/go.mod) and cached by version.
+k8s:
+	@bash hack/k8s.sh >/dev/null
+
+BINARIES += podnetctl
+
 # gofmt, go vet and staticcheck; any finding fails.
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -33,7 +40,7 @@ lint: deps
 # Every test: unit tests, and (as root) kernel tests in throwaway network
 # namespaces. Packages run one at a time so kernel tests do not compete for
 # the two cores with each other's concurrency tests.
-test: deps ref-plugins build lint
+test: deps ref-plugins k8s build lint
 	$(GO) test -count=1 -p 1 -timeout 20m ./...
 	@left=$$(ip netns list 2>/dev/null | grep -c '^pntest-' || true); \
 	  if [ "$$left" != 0 ]; then echo "tests left $$left network namespaces behind"; ip netns list; exit 1; fi
@@ -41,6 +48,13 @@ test: deps ref-plugins build lint
 # Unit tests only (no root needed).
 unit:
 	$(GO) test -count=1 -short ./...
+
+# A lab of network namespaces with the real control plane (see README).
+lab-up: deps ref-plugins k8s build
+	bin/podnetctl lab up
+
+lab-down:
+	bin/podnetctl lab down
 
 bench: deps ref-plugins build
 	$(GO) run ./bench/cni

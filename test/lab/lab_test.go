@@ -1,0 +1,235 @@
+// Package lab_test runs the lab end to end: `podnetctl lab up` with the real
+// control plane, pods on chosen nodes, traffic between them, deletion, and
+// `podnetctl lab down` leaving nothing behind. Needs root and the Kubernetes
+// binaries that `make test` builds (hack/k8s.sh).
+package lab_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/podnet/podnet/internal/cnitest"
+	"github.com/podnet/podnet/pkg/lab"
+)
+
+// buildCLI builds podnetctl and podnet into one directory (lab up takes the
+// plugin from beside podnetctl).
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	root, err := cnitest.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/podnetctl", "./cmd/podnet")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v: %s", err, out)
+	}
+	return filepath.Join(dir, "podnetctl")
+}
+
+type env struct {
+	t      *testing.T
+	cli    string
+	dir    string
+	client kubernetes.Interface
+}
+
+func (e *env) podnetctl(args ...string) (string, error) {
+	cmd := exec.Command(e.cli, args...)
+	cmd.Env = append(os.Environ(), "PODNET_LAB_DIR="+e.dir)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (e *env) onNode(node, script string) string {
+	e.t.Helper()
+	out, err := e.podnetctl("lab", "node", node, "--", "/bin/sh", "-c", script)
+	if err != nil {
+		e.t.Fatalf("on %s: %s: %v\n%s", node, script, err, out)
+	}
+	return out
+}
+
+func TestLab(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("lab test: needs root")
+	}
+	if _, err := os.Stat(filepath.Join(lab.DefaultK8sDir(), "kube-apiserver")); err != nil {
+		t.Fatalf("Kubernetes binaries missing in %s: run `make test` (it runs hack/k8s.sh)", lab.DefaultK8sDir())
+	}
+	if _, err := os.Stat("/var/run/netns/" + lab.ControlPlane); err == nil {
+		t.Fatalf("a lab (or a network namespace named %s) already exists on this machine: `podnetctl lab down` first", lab.ControlPlane)
+	}
+	e := &env{t: t, cli: buildCLI(t), dir: filepath.Join(t.TempDir(), "lab")}
+	t.Cleanup(func() {
+		if out, err := e.podnetctl("lab", "down"); err != nil {
+			t.Errorf("lab down: %v\n%s", err, out)
+		}
+	})
+	start := time.Now()
+	if out, err := e.podnetctl("lab", "up"); err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	t.Logf("lab up took %s", time.Since(start).Round(100*time.Millisecond))
+	c, err := lab.New(lab.Options{Dir: e.dir}).Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.client = c
+	ctx := context.Background()
+
+	t.Run("nodes", func(t *testing.T) {
+		nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"controlplane": "10.244.0.0/24", "node-1": "10.244.1.0/24", "node-2": "10.244.2.0/24"}
+		for _, n := range nodes.Items {
+			if n.Spec.PodCIDR != want[n.Name] {
+				t.Errorf("node %s: podCIDR %q, want %q", n.Name, n.Spec.PodCIDR, want[n.Name])
+			}
+			delete(want, n.Name)
+		}
+		if len(want) > 0 {
+			t.Errorf("nodes missing: %v", want)
+		}
+	})
+
+	httpd := e.runPod(t, "httpd", "node-1", corev1.RestartPolicyAlways, "httpd", nil)
+	ip := e.waitRunning(t, "httpd")
+
+	t.Run("same-node traffic", func(t *testing.T) {
+		e.runPod(t, "client", "node-1", corev1.RestartPolicyNever, "busybox", []string{"wget", "-qO-", "-T", "5", "http://" + ip + "/"})
+		if phase := e.waitDone(t, "client"); phase != corev1.PodSucceeded {
+			t.Fatalf("a pod on node-1 could not fetch http://%s/ from httpd on node-1 (phase %s)", ip, phase)
+		}
+		// And the test can fail: nothing listens on port 81.
+		e.runPod(t, "client-refused", "node-1", corev1.RestartPolicyNever, "busybox", []string{"wget", "-qO-", "-T", "5", "http://" + ip + ":81/"})
+		if phase := e.waitDone(t, "client-refused"); phase != corev1.PodFailed {
+			t.Fatalf("fetching a closed port ended %s, want Failed", phase)
+		}
+	})
+
+	t.Run("the node's view", func(t *testing.T) {
+		out := e.onNode("node-1", "hostname; ip netns list; brctl show cni0; cat /etc/cni/net.d/10-podnet.conflist")
+		for _, want := range []string{"node-1", "cni-", "cni0", "10.244.1.0/24"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("node-1's view lacks %q:\n%s", want, out)
+			}
+		}
+		if out := e.onNode("node-2", "ip netns list"); strings.Contains(out, "cni-") {
+			t.Errorf("node-2 lists node-1's pod namespaces:\n%s", out)
+		}
+	})
+
+	t.Run("unknown image", func(t *testing.T) {
+		e.runPod(t, "unknown", "node-2", corev1.RestartPolicyNever, "example.com/no-such-image:1", nil)
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			p, err := c.CoreV1().Pods("default").Get(ctx, "unknown", metav1.GetOptions{})
+			if err == nil && len(p.Status.ContainerStatuses) == 1 {
+				if w := p.Status.ContainerStatuses[0].State.Waiting; w != nil && w.Reason == "ErrImagePull" && strings.Contains(w.Message, "no-such-image") {
+					return
+				}
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		t.Fatal("a pod with an unknown image never reported ErrImagePull naming the image")
+	})
+
+	t.Run("deletion releases the address", func(t *testing.T) {
+		if out := e.onNode("node-1", "ls /var/lib/cni/podnet/podnet/"); !strings.Contains(out, ip) {
+			t.Fatalf("no reservation for %s on node-1:\n%s", ip, out)
+		}
+		if err := c.CoreV1().Pods("default").Delete(ctx, httpd, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(45 * time.Second)
+		for {
+			_, err := c.CoreV1().Pods("default").Get(ctx, httpd, metav1.GetOptions{})
+			out := e.onNode("node-1", "ls /var/lib/cni/podnet/podnet/")
+			if err != nil && !strings.Contains(out, ip) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after deleting httpd: pod gone=%v, reservations:\n%s", err != nil, out)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	})
+
+	if out, err := e.podnetctl("lab", "down"); err != nil {
+		t.Fatalf("lab down: %v\n%s", err, out)
+	}
+	t.Run("down leaves nothing", func(t *testing.T) {
+		for _, ns := range []string{"controlplane", "node-1", "node-2", lab.SwitchNS} {
+			if _, err := os.Stat("/var/run/netns/" + ns); err == nil {
+				t.Errorf("network namespace %s left", ns)
+			}
+		}
+		if exec.Command("ip", "link", "show", lab.HostLink).Run() == nil {
+			t.Errorf("%s left", lab.HostLink)
+		}
+		mi, _ := os.ReadFile("/proc/self/mountinfo")
+		if strings.Contains(string(mi), e.dir) {
+			t.Errorf("mounts left under %s", e.dir)
+		}
+		if _, err := os.Stat(e.dir); err == nil {
+			t.Errorf("state dir %s left", e.dir)
+		}
+		if out, _ := exec.Command("pgrep", "-f", e.dir).Output(); len(out) > 0 {
+			t.Errorf("processes of the lab left: %s", out)
+		}
+	})
+}
+
+func (e *env) runPod(t *testing.T, name, node string, rp corev1.RestartPolicy, image string, args []string) string {
+	t.Helper()
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: node, RestartPolicy: rp, TerminationGracePeriodSeconds: new(int64),
+			Containers: []corev1.Container{{Name: name, Image: image, Args: args}}}}
+	if _, err := e.client.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func (e *env) waitRunning(t *testing.T, name string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		p, err := e.client.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
+		if err == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
+			return p.Status.PodIP
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("pod %s not Running within 30s", name)
+	return ""
+}
+
+func (e *env) waitDone(t *testing.T, name string) corev1.PodPhase {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		p, err := e.client.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
+		if err == nil && (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed) {
+			return p.Status.Phase
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("pod %s did not finish within 30s", name)
+	return ""
+}
+
