@@ -7,7 +7,7 @@ TOOLS   ?= /var/cache/podnet/tools
 export PODNET_REF_CNI_DIR ?= /var/cache/podnet/cni-plugins/v1.9.1
 export PATH := $(PATH):/usr/sbin:/sbin
 
-BINARIES := podnet
+BINARIES := podnet podnetctl
 
 .PHONY: all build deps ref-plugins k8s lint test unit bench demo lab-up lab-down clean
 
@@ -28,7 +28,6 @@ ref-plugins:
 k8s:
 	@bash hack/k8s.sh >/dev/null
 
-BINARIES += podnetctl
 
 # gofmt, go vet and staticcheck; any finding fails.
 lint: deps
