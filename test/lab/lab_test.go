@@ -232,4 +232,3 @@ func (e *env) waitDone(t *testing.T, name string) corev1.PodPhase {
 	t.Fatalf("pod %s did not finish within 30s", name)
 	return ""
 }
-
