@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 )
@@ -57,6 +58,8 @@ type Agent struct {
 	mu sync.Mutex
 	// exited pokes the pod loop when a container exits.
 	exited func()
+	// pods are the pods this agent runs, by UID (guarded by mu).
+	pods map[types.UID]*podState
 }
 
 // New returns an agent using client.
@@ -64,7 +67,7 @@ func New(cfg Config, client kubernetes.Interface) *Agent {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Agent{cfg: cfg, client: client, log: cfg.Log.With("node", cfg.NodeName)}
+	return &Agent{cfg: cfg, client: client, log: cfg.Log.With("node", cfg.NodeName), pods: map[types.UID]*podState{}}
 }
 
 const (

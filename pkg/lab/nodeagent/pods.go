@@ -40,6 +40,7 @@ type ctr struct {
 	prog     images.Program
 	imageErr error
 	running  bool
+	pid      int // of the container's main process, while running
 	started  time.Time
 	restarts int32
 	last     *corev1.ContainerStateTerminated
@@ -68,11 +69,10 @@ func (a *Agent) runPods(ctx context.Context) {
 		return
 	}
 	a.exited = poke
-	pods := map[types.UID]*podState{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		a.syncPods(ctx, inf.GetStore(), pods)
+		a.syncPods(ctx, inf.GetStore())
 		select {
 		case <-ctx.Done():
 			return // pods keep running: the agent may be restarted
@@ -82,7 +82,8 @@ func (a *Agent) runPods(ctx context.Context) {
 	}
 }
 
-func (a *Agent) syncPods(ctx context.Context, store cache.Store, pods map[types.UID]*podState) {
+func (a *Agent) syncPods(ctx context.Context, store cache.Store) {
+	pods := a.pods
 	seen := map[types.UID]bool{}
 	for _, obj := range store.List() {
 		pod := obj.(*corev1.Pod)
@@ -92,7 +93,7 @@ func (a *Agent) syncPods(ctx context.Context, store cache.Store, pods map[types.
 		case pod.DeletionTimestamp != nil:
 			if ps != nil {
 				a.stopPod(ctx, ps, gracePeriod(pod))
-				delete(pods, pod.UID)
+				a.forget(pod.UID)
 			}
 			err := a.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name,
 				metav1.DeleteOptions{GracePeriodSeconds: new(int64), Preconditions: &metav1.Preconditions{UID: &pod.UID}})
@@ -109,18 +110,32 @@ func (a *Agent) syncPods(ctx context.Context, store cache.Store, pods map[types.
 				a.reportSandboxError(ctx, pod, err)
 				continue
 			}
-			pods[pod.UID] = ps
+			a.mu.Lock()
+			a.pods[pod.UID] = ps
+			a.mu.Unlock()
 			a.reconcile(ctx, pod, ps)
 		default:
 			a.reconcile(ctx, pod, ps)
 		}
 	}
+	a.mu.Lock()
+	var gone []*podState
 	for uid, ps := range pods {
 		if !seen[uid] { // deleted without grace
-			a.stopPod(ctx, ps, 0)
-			delete(pods, uid)
+			gone = append(gone, ps)
 		}
 	}
+	a.mu.Unlock()
+	for _, ps := range gone {
+		a.stopPod(ctx, ps, 0)
+		a.forget(ps.uid)
+	}
+}
+
+func (a *Agent) forget(uid types.UID) {
+	a.mu.Lock()
+	delete(a.pods, uid)
+	a.mu.Unlock()
 }
 
 func gracePeriod(pod *corev1.Pod) time.Duration {
@@ -243,7 +258,7 @@ func (a *Agent) startContainer(ps *podState, c *ctr) error {
 	if c.last != nil {
 		c.restarts++
 	}
-	c.running, c.started = true, time.Now()
+	c.running, c.started, c.pid = true, time.Now(), cmd.Process.Pid
 	go func() {
 		err := cmd.Wait()
 		code := int32(0)
@@ -266,7 +281,7 @@ func (a *Agent) containerExited(c *ctr, code int32) {
 	if code != 0 {
 		reason = "Error"
 	}
-	c.running = false
+	c.running, c.pid = false, 0
 	c.last = &corev1.ContainerStateTerminated{ExitCode: code, Reason: reason,
 		StartedAt: metav1.NewTime(c.started), FinishedAt: metav1.Now(), ContainerID: "podnet-lab://" + strconv.FormatInt(c.started.UnixNano(), 16)}
 	// kubelet's back-off: 10 s doubling to 5 min, reset after 10 min of running.
