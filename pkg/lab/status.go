@@ -8,6 +8,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/podnet/podnet/pkg/lab/cgroup"
 	"github.com/podnet/podnet/pkg/lab/machine"
 )
@@ -51,7 +54,27 @@ func PrintStatus(w io.Writer, dir string) error {
 	if err := l.waitAPIServer(context.Background(), 0); err != nil {
 		api = "not ready: " + err.Error()
 	}
-	fmt.Fprintf(w, "\nAPI server %s: %s\nkubeconfig: %s\nlogs: %s\n", APIServer(), api, l.AdminKubeconfig(), l.LogDir())
+	fmt.Fprintf(w, "\nAPI server %s: %s\n", APIServer(), api)
+	if c, err := l.Client(); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil {
+			fmt.Fprintln(w)
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tREADY\tPOD CIDR\tMESSAGE")
+			for _, n := range nodes.Items {
+				ready, msg := "Unknown", ""
+				for _, c := range n.Status.Conditions {
+					if c.Type == corev1.NodeReady {
+						ready, msg = string(c.Status), c.Message
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, ready, n.Spec.PodCIDR, msg)
+			}
+			tw.Flush()
+		}
+	}
+	fmt.Fprintf(w, "\nkubeconfig: %s\nlogs: %s\n", l.AdminKubeconfig(), l.LogDir())
 	return nil
 }
 

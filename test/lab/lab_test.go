@@ -65,28 +65,8 @@ func TestLab(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("lab test: needs root")
 	}
-	if _, err := os.Stat(filepath.Join(lab.DefaultK8sDir(), "kube-apiserver")); err != nil {
-		t.Fatalf("Kubernetes binaries missing in %s: run `make test` (it runs hack/k8s.sh)", lab.DefaultK8sDir())
-	}
-	if _, err := os.Stat("/var/run/netns/" + lab.ControlPlane); err == nil {
-		t.Fatalf("a lab (or a network namespace named %s) already exists on this machine: `podnetctl lab down` first", lab.ControlPlane)
-	}
-	e := &env{t: t, cli: buildCLI(t), dir: filepath.Join(t.TempDir(), "lab")}
-	t.Cleanup(func() {
-		if out, err := e.podnetctl("lab", "down"); err != nil {
-			t.Errorf("lab down: %v\n%s", err, out)
-		}
-	})
-	start := time.Now()
-	if out, err := e.podnetctl("lab", "up"); err != nil {
-		t.Fatalf("lab up: %v\n%s", err, out)
-	}
-	t.Logf("lab up took %s", time.Since(start).Round(100*time.Millisecond))
-	c, err := lab.New(lab.Options{Dir: e.dir}).Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.client = c
+	e := upLab(t)
+	c := e.client
 	ctx := context.Background()
 
 	t.Run("nodes", func(t *testing.T) {
@@ -192,6 +172,34 @@ func TestLab(t *testing.T) {
 			t.Errorf("processes of the lab left: %s", out)
 		}
 	})
+}
+
+// upLab brings a lab up for the test and registers its removal.
+func upLab(t *testing.T) *env {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(lab.DefaultK8sDir(), "kube-apiserver")); err != nil {
+		t.Fatalf("Kubernetes binaries missing in %s: run `make test` (it runs hack/k8s.sh)", lab.DefaultK8sDir())
+	}
+	if _, err := os.Stat("/var/run/netns/" + lab.ControlPlane); err == nil {
+		t.Fatalf("a lab (or a network namespace named %s) already exists on this machine: `podnetctl lab down` first", lab.ControlPlane)
+	}
+	e := &env{t: t, cli: buildCLI(t), dir: filepath.Join(t.TempDir(), "lab")}
+	t.Cleanup(func() {
+		if out, err := e.podnetctl("lab", "down"); err != nil {
+			t.Errorf("lab down: %v\n%s", err, out)
+		}
+	})
+	start := time.Now()
+	if out, err := e.podnetctl("lab", "up"); err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	t.Logf("lab up took %s", time.Since(start).Round(100*time.Millisecond))
+	c, err := lab.New(lab.Options{Dir: e.dir}).Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.client = c
+	return e
 }
 
 func (e *env) runPod(t *testing.T, name, node string, rp corev1.RestartPolicy, image string, args []string) string {

@@ -71,6 +71,8 @@ func (a *Agent) runPods(ctx context.Context) {
 	a.exited = poke
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	cniTick := time.NewTicker(cniInterval)
+	defer cniTick.Stop()
 	for {
 		a.syncPods(ctx, inf.GetStore())
 		select {
@@ -78,6 +80,8 @@ func (a *Agent) runPods(ctx context.Context) {
 			return // pods keep running: the agent may be restarted
 		case <-dirty:
 		case <-tick.C:
+		case <-cniTick.C:
+			a.checkAndGC(ctx)
 		}
 	}
 }

@@ -1,0 +1,127 @@
+package lab_test
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podnet/podnet/pkg/lab"
+	"github.com/podnet/podnet/pkg/lab/cgroup"
+)
+
+// TestLabUpWithoutRoot: `lab up` as an ordinary user says what is missing
+// and builds nothing.
+func TestLabUpWithoutRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to switch to another user")
+	}
+	cli := buildCLI(t)
+	dir, err := os.MkdirTemp("", "podnetctl-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "podnetctl")
+	copyFile(t, cli, bin)
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "lab", "up")
+	cmd.Env = append(os.Environ(), "PODNET_LAB_DIR="+filepath.Join(dir, "state"))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "needs root") {
+		t.Fatalf("lab up as nobody: err=%v, output:\n%s\nwant a failure saying it needs root", err, out)
+	}
+	if _, err := os.Stat("/var/run/netns/" + lab.ControlPlane); err == nil {
+		t.Fatal("a refused lab up created a machine")
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	in, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLabResilience: a second `up` refuses; with the API server frozen the
+// pods keep running and serving, and when it returns the node agents
+// reconnect (a new pod starts, the nodes stay Ready).
+func TestLabResilience(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("lab test: needs root")
+	}
+	e := upLab(t)
+	ctx := context.Background()
+	if out, err := e.podnetctl("lab", "up"); err == nil || !strings.Contains(out, "already") {
+		t.Fatalf("second lab up: err=%v, output:\n%s\nwant a refusal saying a lab is already up", err, out)
+	}
+	if out, _ := e.podnetctl("lab", "status"); !strings.Contains(out, "kube-apiserver=running") || !strings.Contains(out, "node-2") {
+		t.Errorf("lab status does not show the running components and nodes:\n%s", out)
+	}
+	e.runPod(t, "web", "node-1", corev1.RestartPolicyAlways, "nginx", nil)
+	ip := e.waitRunning(t, "web")
+
+	m, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeze := filepath.Join(m, lab.CgroupName, lab.ControlPlane, "kube-apiserver", "cgroup.freeze")
+	if err := os.WriteFile(freeze, []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			if err := os.WriteFile(freeze, []byte("0"), 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(thaw)
+	// Longer than client-go's request timeouts and a lease renewal.
+	for i := 0; i < 15; i++ {
+		out := e.onNode("node-1", "wget -qO- -T 2 http://"+ip+"/ || echo FAILED")
+		if !strings.Contains(out, "Welcome to nginx!") {
+			t.Fatalf("with the API server frozen, the pod stopped serving: %s", out)
+		}
+		time.Sleep(time.Second)
+	}
+	thaw()
+	e.runPod(t, "after", "node-1", corev1.RestartPolicyAlways, "nginx", nil)
+	e.waitRunning(t, "after")
+	p, err := e.client.CoreV1().Pods("default").Get(ctx, "web", metav1.GetOptions{})
+	if err != nil || p.Status.ContainerStatuses[0].RestartCount != 0 || p.Status.PodIP != ip {
+		t.Fatalf("the pod did not survive the outage untouched: %v %+v", err, p.Status)
+	}
+	n, err := e.client.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status != corev1.ConditionTrue {
+			t.Errorf("node-1 not Ready after the outage: %s", c.Message)
+		}
+	}
+}
