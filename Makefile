@@ -9,7 +9,7 @@ export PATH := $(PATH):/usr/sbin:/sbin
 
 BINARIES := podnet podnetctl
 
-.PHONY: all build deps ref-plugins k8s lint test unit bench demo lab-up lab-down clean
+.PHONY: all build deps ref-plugins k8s lint test unit bench demo demo-plugin lab-up lab-down clean
 
 all: build
 
@@ -58,8 +58,12 @@ lab-down:
 bench: deps ref-plugins build
 	$(GO) run ./bench/cni
 
-demo: deps ref-plugins build
+demo: deps ref-plugins k8s build
 	@bash hack/demo.sh
+
+# The CNI plugin alone: two pods on one bridge, seed 004's views.
+demo-plugin: deps ref-plugins build
+	@bash hack/demo-plugin.sh
 
 clean:
 	rm -rf bin

@@ -1,106 +1,55 @@
 #!/usr/bin/env bash
-# make demo: seed 004 ("同一个 Node 下，Pod 间通信") on this machine. A node
-# network namespace holds cni0; two pod sandboxes named cni-<uuid> (as
-# containerd names them) are wired by the real podnet plugin, called the way
-# a runtime calls it; then the seed's own commands show the path
-#   pod-a eth0 -> vethX -> cni0 -> vethY -> pod-b eth0
-# and a ping crosses it while tcpdump watches cni0. Everything it makes is
-# removed on exit, also on failure or Ctrl-C.
+# make demo: seeds 003 and 004 replayed, with their own commands, on a lab
+# cluster built on this machine (podnetctl lab up): the real Kubernetes
+# control plane, nodes made of namespaces, pods wired by the podnet plugin.
+# The lab is removed at the end (KEEP=1 keeps it for you to explore).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces)"; exit 1; }
-
-NODE=podnet-demo-node
-WORK=$(mktemp -d /tmp/podnet-demo.XXXXXX)
-PODS=()
-PLUGIN=$PWD/bin/podnet
-CONF=$WORK/10-podnet.conf
-
-cleanup() {
-  set +e
-  for p in "${PODS[@]}"; do
-    [ -n "$p" ] && ip netns del "$p" 2>/dev/null
-  done
-  ip netns del "$NODE" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+P=$PWD/bin/podnetctl
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '\033[36m$ %s\033[0m\n' "$*"; "$@"; }
-onnode() { ip netns exec "$NODE" "$@"; }
+# on NODE CMD...: a command typed on a node, shown as the seeds show it.
+on() { local n=$1; shift; printf '\033[36m[vagrant@%s ~]$ %s\033[0m\n' "$n" "$*"; "$P" lab node "$n" -- "$@"; }
+kc() { "$P" lab node node-1 -- kubectl "$@"; }
 
-cat >"$CONF" <<JSON
-{
-  "cniVersion": "1.1.0",
-  "name": "podnet",
-  "type": "podnet",
-  "bridge": "cni0",
-  "mtu": 1500,
-  "ipam": {
-    "ranges": [[{"subnet": "10.244.1.0/24", "gateway": "10.244.1.1"}]],
-    "dataDir": "$WORK/ipam"
-  }
-}
-JSON
+if "$P" lab status 2>/dev/null | grep -q '^lab up'; then
+  echo "demo: a lab is already up; run \`bin/podnetctl lab down\` first (or use it directly)"; exit 1
+fi
+cleanup() { [ "${KEEP:-}" = 1 ] && { echo "KEEP=1: the lab stays up; bin/podnetctl lab down removes it"; return; }; "$P" lab down; }
+trap cleanup EXIT
 
-cni() { # cni VERB SANDBOX CONTAINERID PODNAME
-  onnode env CNI_COMMAND="$1" CNI_NETNS="/var/run/netns/$2" CNI_CONTAINERID="$3" \
-    CNI_IFNAME=eth0 CNI_PATH="$PWD/bin" \
-    CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=$4" "$PLUGIN" <"$CONF"
-}
+say "podnetctl lab up — seed 003's cluster: controlplane 192.168.56.10, node-1 .11, node-2 .12 on eth1"
+"$P" lab up
 
-say "A node (network namespace $NODE) and two pod sandboxes, as containerd makes them"
-ip netns add "$NODE"
-onnode ip link set lo up
-declare -A IP CID SANDBOX
-for pod in pod-a pod-b; do
-  ns=cni-$(cat /proc/sys/kernel/random/uuid)
-  PODS+=("$ns")
-  ip netns add "$ns"
-  ip netns exec "$ns" ip link set lo up
-  cid=$(tr -d - </proc/sys/kernel/random/uuid)
-  CID[$pod]=$cid SANDBOX[$pod]=$ns
-  say "CNI ADD for $pod (sandbox $ns) — the runtime execs /opt/cni/bin/podnet with the config on stdin"
-  res=$(cni ADD "$ns" "$cid" "$pod")
-  [ "$pod" = pod-a ] && echo "$res"
-  IP[$pod]=$(ip netns exec "$ns" ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
-  echo "$pod got ${IP[$pod]}"
+say "The nodes and their pod subnets"
+on node-1 kubectl get nodes -o wide
+on node-1 kubectl get nodes -o custom-columns=NAME:.metadata.name,POD-CIDR:.spec.podCIDR
+
+say "Seed 003: pod to pod on the same node (cni0)"
+on node-1 kubectl run httpd --image=httpd --overrides='{"spec":{"nodeName":"node-1"}}'
+kc wait --for=condition=Ready pod/httpd --timeout=60s >/dev/null
+on node-1 kubectl get pods -o wide
+IP=$(kc get pod httpd -o jsonpath='{.status.podIP}')
+on node-1 kubectl run traceroute --image=busybox --overrides='{"spec":{"nodeName":"node-1"}}' -- traceroute "$IP"
+# traceroute exits, and `kubectl run` pods restart: wait for the first run to end.
+for _ in $(seq 60); do
+  [ -n "$(kc get pod traceroute -o jsonpath='{.status.containerStatuses[0].lastState.terminated.exitCode}{.status.containerStatuses[0].state.terminated.exitCode}')" ] && break
+  sleep 1
 done
+on node-1 kubectl logs traceroute
+echo "(one hop: both pods sit on node-1's cni0, in ${IP%.*}.0/24)"
 
-say "ip netns list   (seed 004: one namespace per pod)"
-run ip netns list | grep -E '^cni-' || true
+say "Seed 004: what that looks like on node-1"
+on node-1 ip netns list
+on node-1 brctl show
+on node-1 bridge link
+on node-1 ip route
+NS=$("$P" lab node node-1 -- ip netns list | awk 'NR==1{print $1}')
+on node-1 ip netns exec "$NS" ip a
+on node-1 cat /etc/cni/net.d/10-podnet.conflist
 
-for i in 0 1; do
-  say "ip netns exec ${PODS[$i]} ip a   (the pod's eth0, one end of the veth pair)"
-  run ip netns exec "${PODS[$i]}" ip a
-done
-
-say "On the node: brctl show   (the host ends of both pairs are ports of cni0)"
-run onnode brctl show
-say "On the node: bridge link; ip -br addr; ip route"
-run onnode bridge link
-run onnode ip -br addr
-run onnode ip route
-say "Which veth is whose? podnet names the host end from the container ID and labels it"
-run onnode ip -o link show type veth | sed -E 's/^[0-9]+: ([^:@]+).* alias (.*)$/\1  alias \2/; s/^[0-9]+: ([^:@]+)@[^ ]* .*$/\1/'
-
-say "pod-a pings pod-b while tcpdump watches cni0 on the node"
-onnode timeout 5 tcpdump -lni cni0 -c 4 icmp >"$WORK/tcpdump.txt" 2>/dev/null &
-tcpdump_pid=$!
-sleep 1
-run ip netns exec "${PODS[0]}" ping -c 2 "${IP[pod-b]}"
-wait "$tcpdump_pid" || true
-printf '\033[36m$ tcpdump -ni cni0 icmp\033[0m\n'
-cat "$WORK/tcpdump.txt"
-
-say "ip netns exec ${PODS[0]} ip route   (everything leaves via the gateway, cni0's 10.244.1.1)"
-run ip netns exec "${PODS[0]}" ip route
-
-say "CNI DEL for both pods (and a second DEL: it is idempotent)"
-for pod in pod-a pod-b; do
-  cni DEL "${SANDBOX[$pod]}" "${CID[$pod]}" "$pod" && cni DEL "${SANDBOX[$pod]}" "${CID[$pod]}" "$pod" && echo "DEL $pod: ok (twice)"
-done
-run onnode bridge link
-echo "(no ports left on cni0; reservations left: $(ls "$WORK/ipam/podnet" | grep -cE '^10\.' || true))"
-say "Done. Everything the demo made is removed on exit."
+say "Seed 003: pod to pod across nodes (cni0 + eth1 + cni0)"
+echo "no pod network between nodes yet: the node agent podnetd (VXLAN, host-gw) comes next."
+echo "What node-2 knows of node-1's pod subnet today:"
+on node-2 ip route

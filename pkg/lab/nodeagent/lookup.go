@@ -3,7 +3,6 @@ package nodeagent
 import (
 	"fmt"
 	"net/netip"
-	"path/filepath"
 )
 
 // Container is what the kubelet API and the probers need to know of a
@@ -12,8 +11,11 @@ type Container struct {
 	// PID is the container's main process: `nsenter -t PID -n -m -u`
 	// enters its network, mount and UTS namespaces. 0 when not running.
 	PID int
-	// LogPath is the file that collects its stdout and stderr.
-	LogPath string
+	// LogPath is the file that collects the stdout and stderr of the
+	// current (or last) instance; PreviousLogPath that of the instance
+	// before it ("" when there was none).
+	LogPath         string
+	PreviousLogPath string
 	// PodIP is the pod's first address.
 	PodIP netip.Addr
 	// NetNS is the path of the pod's network namespace.
@@ -32,8 +34,11 @@ func (a *Agent) LookupContainer(namespace, pod, container string) (Container, er
 		if !ok {
 			return Container{}, fmt.Errorf("pod %s/%s has no container %q", namespace, pod, container)
 		}
-		return Container{PID: c.pid, LogPath: filepath.Join(a.cfg.PodDir, string(ps.uid), "logs", container+".log"),
-			PodIP: ps.sb.ips[0], NetNS: ps.sb.path()}, nil
+		out := Container{PID: c.pid, LogPath: a.logPath(ps, container, c.restarts), PodIP: ps.sb.ips[0], NetNS: ps.sb.path()}
+		if c.restarts > 0 {
+			out.PreviousLogPath = a.logPath(ps, container, c.restarts-1)
+		}
+		return out, nil
 	}
 	return Container{}, fmt.Errorf("pod %s/%s is not running on node %s", namespace, pod, a.cfg.NodeName)
 }

@@ -236,7 +236,17 @@ func (a *Agent) startContainer(ps *podState, c *ctr) error {
 	full := append([]string{"nsenter", "--net=" + ps.sb.path(), "--", "unshare", "--mount", "--uts", "--propagation", "private", "--"}, inner...)
 	full = g.Wrap(full...)
 	cmd := exec.Command(full[0], full[1:]...)
-	logPath := filepath.Join(a.cfg.PodDir, string(ps.uid), "logs", c.spec.Name+".log")
+	// One log file per container instance, as kubelet keeps them
+	// (logs/<container>/<restart count>.log): `kubectl logs` shows the
+	// current instance, `--previous` the one before.
+	n := c.restarts
+	if c.last != nil {
+		n++
+	}
+	logPath := a.logPath(ps, c.spec.Name, n)
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		return err
+	}
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -277,6 +287,10 @@ func (a *Agent) startContainer(ps *podState, c *ctr) error {
 		a.containerExited(c, code)
 	}()
 	return nil
+}
+
+func (a *Agent) logPath(ps *podState, container string, instance int32) string {
+	return filepath.Join(a.cfg.PodDir, string(ps.uid), "logs", container, strconv.Itoa(int(instance))+".log")
 }
 
 func (a *Agent) containerExited(c *ctr, code int32) {
