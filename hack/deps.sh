@@ -4,7 +4,8 @@
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
-PKGS=(iproute2 iputils-ping nftables iptables bridge-utils tcpdump traceroute conntrack iperf3 ethtool kmod)
+PKGS=(iproute2 iputils-ping nftables iptables bridge-utils tcpdump traceroute conntrack iperf3 ethtool kmod
+      curl wget netcat-openbsd bind9-dnsutils util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -44,6 +44,13 @@ func PrintStatus(w io.Writer, dir string) error {
 			state := "down"
 			if root.Path != "" && root.Sub(ms.Name+"/"+c).Populated() {
 				state = "running"
+				if url, ok := healthURL[c]; ok && ns == "ok" {
+					if answering(dir, ms.Name, url) {
+						state += ",answering"
+					} else {
+						state += ",not-answering"
+					}
+				}
 			}
 			comps += fmt.Sprintf("%s=%s ", c, state)
 		}
@@ -76,6 +83,21 @@ func PrintStatus(w io.Writer, dir string) error {
 	}
 	fmt.Fprintf(w, "\nkubeconfig: %s\nlogs: %s\n", l.AdminKubeconfig(), l.LogDir())
 	return nil
+}
+
+// healthURL is where each control plane component answers, on its
+// machine's loopback.
+var healthURL = map[string]string{
+	"etcd":                    "http://127.0.0.1:2379/health",
+	"kube-apiserver":          "https://127.0.0.1:6443/readyz",
+	"kube-controller-manager": "https://127.0.0.1:10257/healthz",
+	"kube-scheduler":          "https://127.0.0.1:10259/healthz",
+}
+
+// answering reports whether url answers 200 from inside the machine.
+func answering(dir, machineName, url string) bool {
+	out, err := machine.New(dir, machineName).Command("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url).Output()
+	return err == nil && string(out) == "200"
 }
 
 // componentsOn names the components that run on a machine.
