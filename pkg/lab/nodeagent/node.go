@@ -232,6 +232,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.log.Info("registered")
+	a.cleanStart(ctx)
 	go a.runPods(ctx)
 	t := time.NewTicker(heartbeat)
 	defer t.Stop()

@@ -174,6 +174,8 @@ func (a *Agent) startPod(ctx context.Context, pod *corev1.Pod) (*podState, error
 	return ps, nil
 }
 
+// podGroup is the cgroup of a pod's container (name), of a whole pod (name
+// ""), or of every pod of the node (uid and name "").
 func (a *Agent) podGroup(uid types.UID, name string) (cgroup.Group, error) {
 	root, err := cgroup.Root(filepath.Join("podnet-lab", a.cfg.NodeName, "pods", string(uid)))
 	if err != nil {
