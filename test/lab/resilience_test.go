@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/podnet/podnet/pkg/lab"
 	"github.com/podnet/podnet/pkg/lab/cgroup"
@@ -115,6 +116,7 @@ func TestLabResilience(t *testing.T) {
 	if err != nil || p.Status.ContainerStatuses[0].RestartCount != 0 || p.Status.PodIP != ip {
 		t.Fatalf("the pod did not survive the outage untouched: %v %+v", err, p.Status)
 	}
+	t.Run("probes", func(t *testing.T) { testProbes(t, e) })
 	n, err := e.client.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -124,4 +126,55 @@ func TestLabResilience(t *testing.T) {
 			t.Errorf("node-1 not Ready after the outage: %s", c.Message)
 		}
 	}
+}
+
+// testProbes: readiness decides Ready (nginx answers / but not a missing
+// path), and a failing liveness probe restarts the container.
+func testProbes(t *testing.T, e *env) {
+	ctx := context.Background()
+	probe := func(path string) *corev1.Probe {
+		return &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
+			HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(80)}}}
+	}
+	mk := func(name string, c corev1.Container) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+			Spec: corev1.PodSpec{NodeName: "node-2", TerminationGracePeriodSeconds: new(int64), Containers: []corev1.Container{c}}}
+		if _, err := e.client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("ready", corev1.Container{Name: "web", Image: "nginx", ReadinessProbe: probe("/")})
+	mk("unready", corev1.Container{Name: "web", Image: "nginx", ReadinessProbe: probe("/no-such-page")})
+	mk("unlive", corev1.Container{Name: "web", Image: "nginx", LivenessProbe: &corev1.Probe{PeriodSeconds: 1, FailureThreshold: 2,
+		ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"false"}}}}})
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		get := func(n string) *corev1.Pod {
+			p, err := e.client.CoreV1().Pods("default").Get(ctx, n, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		ready, unready, unlive := get("ready"), get("unready"), get("unlive")
+		ok := podReady(ready) && unready.Status.Phase == corev1.PodRunning && !podReady(unready) &&
+			len(unlive.Status.ContainerStatuses) == 1 && unlive.Status.ContainerStatuses[0].RestartCount >= 1
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 40s: ready pod Ready=%v; unready pod phase %s Ready=%v; failing-liveness pod statuses %+v",
+				podReady(ready), unready.Status.Phase, podReady(unready), unlive.Status.ContainerStatuses)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }

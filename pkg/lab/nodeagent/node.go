@@ -60,6 +60,8 @@ type Agent struct {
 	exited func()
 	// pods are the pods this agent runs, by UID (guarded by mu).
 	pods map[types.UID]*podState
+	// probes run the containers' readiness, liveness and startup probes.
+	probes *probeManager
 }
 
 // New returns an agent using client.

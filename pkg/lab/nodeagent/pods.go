@@ -69,6 +69,8 @@ func (a *Agent) runPods(ctx context.Context) {
 		return
 	}
 	a.exited = poke
+	a.probes = newProbeManager(nsenterExec, poke, a.log)
+	defer a.probes.Close()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	cniTick := time.NewTicker(cniInterval)
@@ -194,7 +196,14 @@ func (a *Agent) reconcile(ctx context.Context, pod *corev1.Pod, ps *podState) {
 	defer a.mu.Unlock()
 	now := time.Now()
 	for _, c := range ps.containers {
-		if c.running || c.imageErr != nil || now.Before(c.nextTry) {
+		if c.running {
+			if failed, msg := a.probes.TakeLivenessFailure(probeKey(ps, c)); failed {
+				a.log.Info("restarting container", "pod", pod.Namespace+"/"+pod.Name, "container", c.spec.Name, "reason", msg)
+				a.killContainer(ps, c, pod)
+			}
+			continue
+		}
+		if c.imageErr != nil || now.Before(c.nextTry) {
 			continue
 		}
 		if c.last != nil && !shouldRestart(pod.Spec.RestartPolicy, c.last.ExitCode) {
@@ -275,6 +284,7 @@ func (a *Agent) startContainer(ps *podState, c *ctr) error {
 		c.restarts++
 	}
 	c.running, c.started, c.pid = true, time.Now(), cmd.Process.Pid
+	a.probes.Start(probeKey(ps, c), c.spec, probeTarget{PodIP: ps.sb.ips[0], PID: c.pid, StartedAt: c.started})
 	go func() {
 		err := cmd.Wait()
 		code := int32(0)
@@ -286,9 +296,44 @@ func (a *Agent) startContainer(ps *podState, c *ctr) error {
 		} else if err != nil {
 			code = 128
 		}
+		a.probes.Stop(probeKey(ps, c))
 		a.containerExited(c, code)
 	}()
 	return nil
+}
+
+func probeKey(ps *podState, c *ctr) string { return string(ps.uid) + "/" + c.spec.Name }
+
+// killContainer stops one container (SIGTERM, the pod's grace period,
+// SIGKILL); its exit then takes the restart path of the restart policy.
+func (a *Agent) killContainer(ps *podState, c *ctr, pod *corev1.Pod) {
+	g, err := a.podGroup(ps.uid, c.spec.Name)
+	if err != nil {
+		return
+	}
+	grace := 30 * time.Second
+	if pod.Spec.TerminationGracePeriodSeconds != nil {
+		grace = time.Duration(*pod.Spec.TerminationGracePeriodSeconds) * time.Second
+	}
+	go func() {
+		if err := g.Stop(grace); err != nil {
+			a.log.Warn("kill container", "container", c.spec.Name, "err", err)
+		}
+	}()
+}
+
+// nsenterExec runs cmd inside a container's network, mount and UTS
+// namespaces (for exec probes).
+func nsenterExec(ctx context.Context, pid int, cmd []string) (int, string, error) {
+	args := append([]string{"-t", strconv.Itoa(pid), "-n", "-m", "-u", "--"}, cmd...)
+	out, err := exec.CommandContext(ctx, "nsenter", args...).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), string(out), nil
+	}
+	if err != nil {
+		return 0, string(out), err
+	}
+	return 0, string(out), nil
 }
 
 func (a *Agent) logPath(ps *podState, container string, instance int32) string {
@@ -319,6 +364,9 @@ func (a *Agent) containerExited(c *ctr, code int32) {
 
 // stopPod stops every container (SIGTERM, grace, SIGKILL), then CNI DEL.
 func (a *Agent) stopPod(ctx context.Context, ps *podState, grace time.Duration) {
+	for _, c := range ps.containers {
+		a.probes.Stop(probeKey(ps, c))
+	}
 	if g, err := a.podGroup(ps.uid, ""); err == nil {
 		if err := g.Remove(grace); err != nil {
 			a.log.Warn("stop pod", "pod", ps.namespace+"/"+ps.name, "err", err)

@@ -32,7 +32,8 @@ func (a *Agent) podStatus(pod *corev1.Pod, ps *podState) corev1.PodStatus {
 			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: c.imageErr.Error()}
 		case c.running:
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.started)}
-			cs.Ready, cs.Started = true, ptrTrue()
+			started := a.probes.Started(probeKey(ps, c))
+			cs.Ready, cs.Started = a.probes.Ready(probeKey(ps, c)), &started
 			cs.ContainerID = "podnet-lab://" + ps.sb.netns + "/" + spec.Name
 			running++
 		case c.last != nil && shouldRestart(pod.Spec.RestartPolicy, c.last.ExitCode):
@@ -71,8 +72,6 @@ func (a *Agent) podStatus(pod *corev1.Pod, ps *podState) corev1.PodStatus {
 		corev1.ContainersReady: ready, corev1.PodReady: ready, corev1.PodScheduled: true})
 	return st
 }
-
-func ptrTrue() *bool { t := true; return &t }
 
 func setConditions(old []corev1.PodCondition, want map[corev1.PodConditionType]bool) []corev1.PodCondition {
 	var out []corev1.PodCondition
