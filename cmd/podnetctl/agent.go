@@ -28,6 +28,9 @@ func runNodeAgent(args []string) error {
 	kubeconfig := fs.String("kubeconfig", "", "the node's kubeconfig")
 	controlPlane := fs.Bool("control-plane", false, "register with the control-plane taint")
 	writeConf := fs.Bool("write-cni-config", true, "write the CNI conflist from the node's podCIDR")
+	tlsCert := fs.String("tls-cert", "", "serving certificate of the kubelet API on :10250 (with --tls-key and --client-ca)")
+	tlsKey := fs.String("tls-key", "", "key of --tls-cert")
+	clientCA := fs.String("client-ca", "", "CA that kubelet API clients' certificates must chain to")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -50,6 +53,19 @@ func runNodeAgent(args []string) error {
 		KubeletVersion: lab.KubernetesVersion, CNIConfDir: "/etc/cni/net.d", CNIBinDirs: []string{"/opt/cni/bin"},
 		CNICacheDir: "/var/lib/cni", PodDir: "/var/lib/podnet-lab/pods", WriteCNIConfig: *writeConf,
 		PodnetDataDir: "/var/lib/cni/podnet", Log: log}, client)
+	if *tlsCert != "" || *tlsKey != "" || *clientCA != "" {
+		tlsCfg, err := nodeagent.KubeletTLSConfig(*tlsCert, *tlsKey, *clientCA)
+		if err != nil {
+			return err
+		}
+		// The kubelet API (logs, exec, port-forward) failing must not stop
+		// the node: its pods and heartbeat go on, and the error is logged.
+		go func() {
+			if err := a.ServeKubeletAPI(ctx, fmt.Sprintf(":%d", nodeagent.KubeletPort), tlsCfg); err != nil {
+				log.Error("kubelet API stopped", "err", err)
+			}
+		}()
+	}
 	return a.Run(ctx)
 }
 

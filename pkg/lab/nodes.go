@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -37,7 +38,12 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	if err != nil {
 		return err
 	}
-	argv := append(append([]string{}, l.opts.NodeAgent...), "--node", ms.Name, "--ip", ms.IP.String(), "--kubeconfig", kc)
+	cert, key, err := b.NodeServingCert(ms.Name, []netip.Addr{ms.IP})
+	if err != nil {
+		return err
+	}
+	argv := append(append([]string{}, l.opts.NodeAgent...), "--node", ms.Name, "--ip", ms.IP.String(), "--kubeconfig", kc,
+		"--tls-cert", cert, "--tls-key", key, "--client-ca", b.Path(pki.CACert))
 	if ms.ControlPlane {
 		argv = append(argv, "--control-plane")
 	}

@@ -5,7 +5,13 @@
 package lab_test
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,6 +105,40 @@ func TestLab(t *testing.T) {
 		if phase := e.waitDone(t, "client-refused"); phase != corev1.PodFailed {
 			t.Fatalf("fetching a closed port ended %s, want Failed", phase)
 		}
+	})
+
+	t.Run("kubectl logs, exec and port-forward", func(t *testing.T) {
+		e.runPod(t, "talker", "node-1", corev1.RestartPolicyAlways, "busybox", []string{"sh", "-c", "echo hello-from-pod; sleep 3600"})
+		e.waitRunning(t, "talker")
+		kubectl := func(args ...string) (string, error) {
+			return e.podnetctl(append([]string{"lab", "kubectl", "--"}, args...)...)
+		}
+		var out string
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+			if out, err = kubectl("logs", "talker"); err == nil && strings.Contains(out, "hello-from-pod") {
+				break
+			}
+		}
+		if err != nil || !strings.Contains(out, "hello-from-pod") {
+			t.Errorf("kubectl logs talker: %v\n%s", err, out)
+		}
+		if out, err := kubectl("exec", "talker", "--", "hostname"); err != nil || strings.TrimSpace(out) != "talker" {
+			t.Errorf("kubectl exec talker -- hostname: %v\n%s", err, out)
+		}
+		if out, err := kubectl("exec", "talker", "--", "cat", "/etc/resolv.conf"); err != nil || !strings.Contains(out, "nameserver 10.96.0.10") {
+			t.Errorf("kubectl exec talker -- cat /etc/resolv.conf: %v\n%s", err, out)
+		}
+		var ee *exec.ExitError
+		if out, err := kubectl("exec", "talker", "--", "sh", "-c", "exit 3"); !errors.As(err, &ee) || ee.ExitCode() != 3 {
+			t.Errorf("kubectl exec talker -- sh -c 'exit 3': %v, want exit status 3\n%s", err, out)
+		}
+		e.portForward(t, httpd, 80, func(local int) {
+			body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/", local))
+			if err != nil || !strings.Contains(body, "It works!") {
+				t.Errorf("through kubectl port-forward to httpd: %v\n%s", err, body)
+			}
+		})
 	})
 
 	t.Run("the node's view", func(t *testing.T) {
@@ -211,6 +251,68 @@ func (e *env) runPod(t *testing.T, name, node string, rp corev1.RestartPolicy, i
 		t.Fatal(err)
 	}
 	return name
+}
+
+// portForward runs `kubectl port-forward pod LOCAL:port` on a free local
+// port while check runs.
+func (e *env) portForward(t *testing.T, pod string, port int, check func(local int)) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(e.cli, "lab", "kubectl", "--", "port-forward", "--address", "127.0.0.1", "pod/"+pod, fmt.Sprintf("%d:%d", local, port))
+	cmd.Env = append(os.Environ(), "PODNET_LAB_DIR="+e.dir)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	ready := make(chan bool, 2)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "Forwarding from") {
+				ready <- true
+				break
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+		ready <- false
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatalf("kubectl port-forward %s ended: %s", pod, stderr.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("kubectl port-forward %s: not forwarding after 15s", pod)
+	}
+	check(local)
+}
+
+func httpGet(url string) (string, error) {
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s", resp.Status)
+	}
+	return string(b), err
 }
 
 func (e *env) waitRunning(t *testing.T, name string) string {
