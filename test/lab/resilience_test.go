@@ -117,6 +117,7 @@ func TestLabResilience(t *testing.T) {
 		t.Fatalf("the pod did not survive the outage untouched: %v %+v", err, p.Status)
 	}
 	t.Run("probes", func(t *testing.T) { testProbes(t, e) })
+	t.Run("graceful termination", func(t *testing.T) { testGraceful(t, e) })
 	n, err := e.client.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -177,4 +178,43 @@ func podReady(p *corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// testGraceful: deletion sends SIGTERM and waits the grace period before
+// SIGKILL. A container that exits on SIGTERM is gone long before its 30 s
+// grace period; one that ignores it lives its 3 s grace period, then dies.
+func testGraceful(t *testing.T, e *env) {
+	ctx := context.Background()
+	mk := func(name, script string, grace int64) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+			Spec: corev1.PodSpec{NodeName: "node-2", TerminationGracePeriodSeconds: &grace,
+				Containers: []corev1.Container{{Name: "c", Image: "busybox", Command: []string{"sh", "-c", script}}}}}
+		if _, err := e.client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("polite", "trap 'exit 0' TERM; while :; do sleep 0.2; done", 30)
+	mk("stubborn", "trap '' TERM; while :; do sleep 0.2; done", 3)
+	e.waitRunning(t, "polite")
+	e.waitRunning(t, "stubborn")
+	gone := func(name string) time.Duration {
+		start := time.Now()
+		if err := e.client.CoreV1().Pods("default").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for time.Since(start) < 45*time.Second {
+			if _, err := e.client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{}); err != nil {
+				return time.Since(start)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("pod %s still there 45s after deletion", name)
+		return 0
+	}
+	if d := gone("polite"); d > 15*time.Second {
+		t.Errorf("a pod that exits on SIGTERM took %s to go: SIGTERM was not delivered", d)
+	}
+	if d := gone("stubborn"); d < 3*time.Second {
+		t.Errorf("a pod that ignores SIGTERM was gone after %s, before its 3s grace period", d)
+	}
 }

@@ -1,0 +1,63 @@
+package lab
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestUpSaysWhatIsMissing: a machine without the Kubernetes binaries or
+// the plugin gets a list of what is missing, and nothing is built.
+func TestUpSaysWhatIsMissing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("preflight checks root first")
+	}
+	empty := t.TempDir()
+	l := New(Options{Dir: filepath.Join(t.TempDir(), "state"), K8sDir: empty, PluginDir: empty, Workers: 1})
+	err := l.Up(context.Background())
+	if err == nil {
+		t.Fatal("up succeeded without binaries")
+	}
+	for _, want := range []string{"kube-apiserver in " + empty, "hack/k8s.sh", "podnet CNI plugin in " + empty, "make build"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	if _, err := os.Stat(l.Dir()); err == nil {
+		t.Error("a refused up left its state directory")
+	}
+	if _, err := os.Stat("/var/run/netns/" + ControlPlane); err == nil {
+		t.Error("a refused up built a machine")
+	}
+}
+
+// TestMachinesFollowTheSeeds: the addresses of seed 003.
+func TestMachinesFollowTheSeeds(t *testing.T) {
+	ms := Machines(2)
+	want := []string{"controlplane 192.168.56.10", "node-1 192.168.56.11", "node-2 192.168.56.12"}
+	if len(ms) != len(want) {
+		t.Fatalf("%d machines", len(ms))
+	}
+	for i, m := range ms {
+		if got := m.Name + " " + m.IP.String(); got != want[i] {
+			t.Errorf("machine %d: %s, want %s", i, got, want[i])
+		}
+	}
+	if !ms[0].ControlPlane || ms[1].ControlPlane {
+		t.Error("only the first machine is the control plane")
+	}
+}
+
+// TestKubernetesVersionMatchesTheBuildModule keeps pkg/lab and
+// hack/k8s/go.mod on one version.
+func TestKubernetesVersionMatchesTheBuildModule(t *testing.T) {
+	b, err := os.ReadFile("../../hack/k8s/go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "k8s.io/kubernetes "+KubernetesVersion) {
+		t.Fatalf("hack/k8s/go.mod does not pin k8s.io/kubernetes %s", KubernetesVersion)
+	}
+}
