@@ -7,7 +7,7 @@ TOOLS   ?= /var/cache/podnet/tools
 export PODNET_REF_CNI_DIR ?= /var/cache/podnet/cni-plugins/v1.9.1
 export PATH := $(PATH):/usr/sbin:/sbin
 
-BINARIES := podnet podnetctl
+BINARIES := podnet podnetctl podnetd
 
 .PHONY: all build deps ref-plugins k8s lint test unit bench demo demo-plugin lab-up lab-down clean
 

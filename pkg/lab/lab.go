@@ -103,8 +103,10 @@ func (l *Lab) preflight() error {
 			missing = append(missing, bin+" in "+l.opts.K8sDir+" (hack/k8s.sh builds it)")
 		}
 	}
-	if _, err := os.Stat(filepath.Join(l.opts.PluginDir, "podnet")); err != nil {
-		missing = append(missing, "the podnet CNI plugin in "+l.opts.PluginDir+" (make build)")
+	for _, bin := range []string{"podnet", "podnetd"} {
+		if _, err := os.Stat(filepath.Join(l.opts.PluginDir, bin)); err != nil {
+			missing = append(missing, bin+" in "+l.opts.PluginDir+" (make build)")
+		}
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("this machine cannot run the lab; missing: %s", strings.Join(missing, "; "))
@@ -183,6 +185,9 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 		}
 	}
 	l.say("control plane: %s ready after %s", APIServer(), time.Since(start).Round(100*time.Millisecond))
+	if err := l.applyRBAC(ctx); err != nil {
+		return err
+	}
 	for _, ms := range st.Machines {
 		if err := l.startNode(bundle, ms); err != nil {
 			return err

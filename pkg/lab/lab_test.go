@@ -20,7 +20,7 @@ func TestUpSaysWhatIsMissing(t *testing.T) {
 	if err == nil {
 		t.Fatal("up succeeded without binaries")
 	}
-	for _, want := range []string{"kube-apiserver in " + empty, "hack/k8s.sh", "podnet CNI plugin in " + empty, "make build"} {
+	for _, want := range []string{"kube-apiserver in " + empty, "hack/k8s.sh", "podnet in " + empty, "make build"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}

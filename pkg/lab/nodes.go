@@ -42,8 +42,18 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	if err != nil {
 		return err
 	}
+	// podnetd writes the node's CNI config and programs the routes to the
+	// other nodes; the agent waits for that config, as kubelet does.
+	pkc, err := b.PodnetdKubeconfig(ms.Name)
+	if err != nil {
+		return err
+	}
+	if err := l.start(component{Machine: ms.Name, Name: "podnetd", Argv: []string{
+		filepath.Join(l.opts.PluginDir, "podnetd"), "--node", ms.Name, "--kubeconfig", pkc, "--backend", l.opts.Backend}}); err != nil {
+		return err
+	}
 	argv := append(append([]string{}, l.opts.NodeAgent...), "--node", ms.Name, "--ip", ms.IP.String(), "--kubeconfig", kc,
-		"--tls-cert", cert, "--tls-key", key, "--client-ca", b.Path(pki.CACert))
+		"--tls-cert", cert, "--tls-key", key, "--client-ca", b.Path(pki.CACert), "--write-cni-config=false")
 	if ms.ControlPlane {
 		argv = append(argv, "--control-plane")
 	}

@@ -108,5 +108,5 @@ func componentsOn(l *Lab, ms MachineSpec) []string {
 			out = append(out, c.Name)
 		}
 	}
-	return append(out, "node-agent")
+	return append(out, "podnetd", "node-agent")
 }

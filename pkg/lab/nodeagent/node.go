@@ -8,7 +8,6 @@ package nodeagent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -26,6 +25,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"github.com/podnet/podnet/pkg/netconf"
 )
 
 // Config configures one node agent.
@@ -77,8 +78,6 @@ const (
 	heartbeat     = 10 * time.Second
 	// ControlPlaneTaint keeps ordinary pods off the control plane.
 	ControlPlaneTaint = "node-role.kubernetes.io/control-plane"
-	// ConfName is the conflist the agent writes while podnetd does not exist.
-	ConfName = "10-podnet.conflist"
 )
 
 // register creates the Node, or takes over an existing one of that name.
@@ -194,26 +193,11 @@ func (a *Agent) writeCNIConfig(ctx context.Context) error {
 	if n.Spec.PodCIDR == "" {
 		return nil // not allocated yet; the node stays NotReady
 	}
-	conf := map[string]any{"cniVersion": "1.1.0", "name": "podnet", "plugins": []any{
-		map[string]any{"type": "podnet", "bridge": "cni0", "mtu": 1500,
-			"ipam": map[string]any{"ranges": [][]map[string]string{{{"subnet": n.Spec.PodCIDR}}}, "dataDir": a.cfg.PodnetDataDir}},
-		map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "backend": "nftables"},
-	}}
-	b, _ := json.MarshalIndent(conf, "", "  ")
-	path := filepath.Join(a.cfg.CNIConfDir, ConfName)
-	if old, err := os.ReadFile(path); err == nil && string(old) == string(b) {
-		return nil
-	}
-	if err := os.MkdirAll(a.cfg.CNIConfDir, 0o755); err != nil {
+	wrote, err := netconf.WriteConflist(a.cfg.CNIConfDir, netconf.Conflist(n.Spec.PodCIDR, 1500, a.cfg.PodnetDataDir))
+	if err != nil || !wrote {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
+	path := filepath.Join(a.cfg.CNIConfDir, netconf.ConflistName)
 	a.log.Info("wrote CNI config", "path", path, "cidr", n.Spec.PodCIDR)
 	return nil
 }
