@@ -112,10 +112,11 @@ func TestKernelMasquerade(t *testing.T) {
 		// Stale objects of an older layout, in use: they must go, last.
 		{"stray objects", "add set inet podnet-masq old-nets { type ipv4_addr ; flags interval ; }\n" +
 			"add element inet podnet-masq old-nets { 10.0.0.0/8 }\n" +
-			"add chain inet podnet-masq older-chain\n" +
-			"add chain inet podnet-masq old-chain\n" +
-			"add rule inet podnet-masq old-chain ip daddr @old-nets jump older-chain\n" +
-			"add rule inet podnet-masq postrouting jump old-chain", false},
+			// stale-b jumps to stale-a, which sorts (and is deleted) first.
+			"add chain inet podnet-masq stale-a\n" +
+			"add chain inet podnet-masq stale-b\n" +
+			"add rule inet podnet-masq stale-b ip daddr @old-nets jump stale-a\n" +
+			"add rule inet podnet-masq postrouting jump stale-b", false},
 	} {
 		t.Run("drift: "+d.what, func(t *testing.T) {
 			want := listTable(t, node)

@@ -227,10 +227,11 @@ var rules = []struct{ rule, comment string }{
 //  2. flush the chain and the sets, then add every rule and element: the
 //     content becomes exactly the desired one, whatever drift there was,
 //     without comparing rule text (knftables cannot list it back);
-//  3. last, delete stale objects: by then the flush has dropped every rule
-//     of ours that could still reference them (nft refuses to delete a set
-//     or chain in use), and stale chains are flushed before any is deleted,
-//     since one may jump to another.
+//  3. last, delete stale objects. The kernel refuses to delete a set that
+//     a rule uses or a chain that a rule jumps to ("Device or resource
+//     busy"), so the references must be gone first: step 2's flush drops
+//     those from our chain, and every stale chain is flushed before any is
+//     deleted, since one may jump to another.
 //
 // nft applies the transaction as one netlink batch: the kernel swaps in the
 // result atomically, so no packet ever meets the chain half-written (an

@@ -36,7 +36,7 @@ func buildCLI(t *testing.T) string {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/podnetctl", "./cmd/podnet")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/podnetctl", "./cmd/podnet", "./cmd/podnetd")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v: %s", err, out)
@@ -141,6 +141,8 @@ func TestLab(t *testing.T) {
 		})
 	})
 
+	t.Run("cross-node traffic (vxlan)", func(t *testing.T) { crossNode(t, e) })
+
 	t.Run("the node's view", func(t *testing.T) {
 		out := e.onNode("node-1", "hostname; ip netns list; brctl show cni0; cat /etc/cni/net.d/10-podnet.conflist")
 		for _, want := range []string{"node-1", "cni-", "cni0", "10.244.1.0/24"} {
@@ -148,8 +150,12 @@ func TestLab(t *testing.T) {
 				t.Errorf("node-1's view lacks %q:\n%s", want, out)
 			}
 		}
-		if out := e.onNode("node-2", "ip netns list"); strings.Contains(out, "cni-") {
-			t.Errorf("node-2 lists node-1's pod namespaces:\n%s", out)
+		// Each node lists its own pods' namespaces only.
+		on2 := e.onNode("node-2", "ip netns list")
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], "cni-") && strings.Contains(on2, f[0]) {
+				t.Errorf("node-2 lists node-1's pod namespace %s:\n%s", f[0], on2)
+			}
 		}
 	})
 
@@ -215,7 +221,7 @@ func TestLab(t *testing.T) {
 }
 
 // upLab brings a lab up for the test and registers its removal.
-func upLab(t *testing.T) *env {
+func upLab(t *testing.T, args ...string) *env {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join(lab.DefaultK8sDir(), "kube-apiserver")); err != nil {
 		t.Fatalf("Kubernetes binaries missing in %s: run `make test` (it runs hack/k8s.sh)", lab.DefaultK8sDir())
@@ -230,7 +236,7 @@ func upLab(t *testing.T) *env {
 		}
 	})
 	start := time.Now()
-	if out, err := e.podnetctl("lab", "up"); err != nil {
+	if out, err := e.podnetctl(append([]string{"lab", "up"}, args...)...); err != nil {
 		t.Fatalf("lab up: %v\n%s", err, out)
 	}
 	t.Logf("lab up took %s", time.Since(start).Round(100*time.Millisecond))

@@ -1,0 +1,66 @@
+package lab_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// crossNode checks that a pod on node-2 reaches a pod on node-1 by its own
+// IP and is seen there with its true source address (no NAT).
+func crossNode(t *testing.T, e *env) {
+	t.Helper()
+	ctx := context.Background()
+	srv := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "netexec", Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: "node-1", TerminationGracePeriodSeconds: new(int64), Containers: []corev1.Container{{
+			Name: "netexec", Image: "registry.k8s.io/e2e-test-images/agnhost:2.53", Args: []string{"netexec", "--http-port=8080"}}}}}
+	if _, err := e.client.CoreV1().Pods("default").Create(ctx, srv, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ip := e.waitRunning(t, "netexec")
+	e.runPod(t, "xclient", "node-2", corev1.RestartPolicyNever, "busybox", []string{"wget", "-qO-", "-T", "5", "http://" + ip + ":8080/clientip"})
+	if phase := e.waitDone(t, "xclient"); phase != corev1.PodSucceeded {
+		t.Fatalf("a pod on node-2 could not reach %s:8080 on node-1 (phase %s)", ip, phase)
+	}
+	client, err := e.client.CoreV1().Pods("default").Get(ctx, "xclient", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := e.podnetctl("lab", "kubectl", "--", "logs", "xclient")
+	if err != nil || !strings.HasPrefix(strings.TrimSpace(out), client.Status.PodIP+":") {
+		t.Fatalf("node-1's pod saw the client as %q (err %v), want the client pod's own address %s", out, err, client.Status.PodIP)
+	}
+}
+
+// TestLabHostGW is seed 003's cross-node traceroute under host-gw: node-2's
+// gateway, node-1's underlay address, the pod — and nothing else.
+func TestLabHostGW(t *testing.T) {
+	if testing.Short() {
+		t.Skip("lab test")
+	}
+	e := upLab(t, "--backend", "host-gw")
+	e.runPod(t, "httpd", "node-1", corev1.RestartPolicyAlways, "httpd", nil)
+	ip := e.waitRunning(t, "httpd")
+	e.runPod(t, "traceroute", "node-2", corev1.RestartPolicyNever, "busybox", []string{"traceroute", "-n", ip})
+	if phase := e.waitDone(t, "traceroute"); phase != corev1.PodSucceeded {
+		t.Fatalf("traceroute ended %s", phase)
+	}
+	out, err := e.podnetctl("lab", "kubectl", "--", "logs", "traceroute")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hops []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
+		if f := strings.Fields(l); len(f) > 1 {
+			hops = append(hops, f[1])
+		}
+	}
+	want := []string{"10.244.2.1", "192.168.56.11", ip}
+	if strings.Join(hops, " ") != strings.Join(want, " ") {
+		t.Fatalf("traceroute hops %v, want %v (seed 003):\n%s", hops, want, out)
+	}
+	crossNode(t, e)
+}
