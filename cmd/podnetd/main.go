@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"k8s.io/client-go/kubernetes"
@@ -26,10 +28,20 @@ func main() {
 	mtu := flag.Int("mtu", 0, "pod MTU (default: derived from the underlay: minus 50 under VXLAN)")
 	confDir := flag.String("cni-conf-dir", "/etc/cni/net.d", "where to write the node's CNI conflist")
 	dataDir := flag.String("podnet-data-dir", "/var/lib/cni/podnet", "the CNI plugin's reservation store")
+	clusterCIDR := flag.String("cluster-cidr", "10.244.0.0/16", "the pod network(s), comma-separated; egress from them to elsewhere is masqueraded")
 	flag.Parse()
+	var cidrs []netip.Prefix
+	for _, c := range strings.Split(*clusterCIDR, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "podnetd: --cluster-cidr %q: %v\n", c, err)
+			os.Exit(2)
+		}
+		cidrs = append(cidrs, p.Masked())
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if err := run(*node, *kubeconfig, podnetd.Config{NodeName: *node, Backend: *be, MTU: *mtu,
-		CNIConfDir: *confDir, PodnetDataDir: *dataDir, Log: log}); err != nil {
+		CNIConfDir: *confDir, PodnetDataDir: *dataDir, ClusterCIDRs: cidrs, Log: log}); err != nil {
 		fmt.Fprintln(os.Stderr, "podnetd:", err)
 		os.Exit(1)
 	}

@@ -29,7 +29,10 @@ import (
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"sigs.k8s.io/knftables"
+
 	"github.com/podnet/podnet/pkg/backend"
+	"github.com/podnet/podnet/pkg/masq"
 	"github.com/podnet/podnet/pkg/netconf"
 )
 
@@ -41,6 +44,9 @@ type Config struct {
 	MTU           int
 	CNIConfDir    string
 	PodnetDataDir string
+	// ClusterCIDRs are the pod networks: traffic from them to anywhere else
+	// but the node network is masqueraded.
+	ClusterCIDRs []netip.Prefix
 	// Resync is the period of full resyncs that repair drift.
 	Resync time.Duration
 	Log    *slog.Logger
@@ -56,7 +62,9 @@ type Agent struct {
 	be          backend.Backend
 	nodes       listersv1.NodeLister
 	local       backend.Local
-	ready       bool // NetworkUnavailable has been set to False
+	masq        *masq.Masq
+	noMasq      netip.Prefix // the node network (underlay segment), never masqueraded
+	ready       bool         // NetworkUnavailable has been set to False
 	lastRefused string
 }
 
@@ -152,6 +160,14 @@ func (a *Agent) setup(ctx context.Context) error {
 		return err
 	}
 	a.local = backend.Local{Node: a.cfg.NodeName, PodCIDR: cidr, NodeIP: ip, Link: link}
+	if a.noMasq, err = segmentOf(link, ip); err != nil {
+		return err
+	}
+	nft, err := knftables.New(masq.Family, masq.TableName)
+	if err != nil {
+		return fmt.Errorf("nftables for egress masquerade: %w", err)
+	}
+	a.masq = masq.New(nft, masq.WithLogger(a.log))
 	facts, err := a.be.Setup(a.local)
 	if err != nil {
 		return fmt.Errorf("set up the %s backend: %w", a.cfg.Backend, err)
@@ -199,6 +215,25 @@ func linkHolding(ip netip.Addr) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no interface holds the node address %s", ip)
+}
+
+// segmentOf returns the network of the address ip on link.
+func segmentOf(link string, ip netip.Addr) (netip.Prefix, error) {
+	l, err := netlink.LinkByName(link)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("look up %s: %w", link, err)
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("list addresses of %s: %w", link, err)
+	}
+	for _, ad := range addrs {
+		if a, ok := netip.AddrFromSlice(ad.IP); ok && a.Unmap() == ip {
+			ones, _ := ad.Mask.Size()
+			return netip.PrefixFrom(ip, ones).Masked(), nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("%s does not hold %s", link, ip)
 }
 
 // annotate publishes the node's facts.
@@ -258,6 +293,9 @@ func (a *Agent) sync(ctx context.Context) error {
 		if refused != "" {
 			a.log.Warn("nodes not reachable by this backend", "refused", refused)
 		}
+	}
+	if err := a.masq.Sync(ctx, masq.Config{ClusterCIDRs: a.cfg.ClusterCIDRs, NoMasquerade: []netip.Prefix{a.noMasq}}); err != nil {
+		return fmt.Errorf("egress masquerade: %w", err)
 	}
 	if !a.ready {
 		if err := a.setNetworkAvailable(ctx); err != nil {
