@@ -3,6 +3,8 @@
 # cluster built on this machine (podnetctl lab up): the real Kubernetes
 # control plane, nodes made of namespaces, pods wired by the podnet plugin.
 # The lab is removed at the end (KEEP=1 keeps it for you to explore).
+# BACKEND=host-gw reproduces seed 003's cross-node traceroute hop for hop;
+# the default, vxlan, shows seeds 001/002's overlay (route, neigh, fdb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces)"; exit 1; }
@@ -19,8 +21,9 @@ fi
 cleanup() { [ "${KEEP:-}" = 1 ] && { echo "KEEP=1: the lab stays up; bin/podnetctl lab down removes it"; return; }; "$P" lab down; }
 trap cleanup EXIT
 
-say "podnetctl lab up — seed 003's cluster: controlplane 192.168.56.10, node-1 .11, node-2 .12 on eth1"
-"$P" lab up
+say "podnetctl lab up --backend ${BACKEND:-vxlan} — seed 003's cluster: controlplane 192.168.56.10, node-1 .11, node-2 .12 on eth1"
+BACKEND=${BACKEND:-vxlan}
+"$P" lab up --backend "$BACKEND"
 
 say "The nodes and their pod subnets"
 on node-1 kubectl get nodes -o wide
@@ -49,7 +52,22 @@ NS=$("$P" lab node node-1 -- ip netns list | awk 'NR==1{print $1}')
 on node-1 ip netns exec "$NS" ip a
 on node-1 cat /etc/cni/net.d/10-podnet.conflist
 
-say "Seed 003: pod to pod across nodes (cni0 + eth1 + cni0)"
-echo "no pod network between nodes yet: the node agent podnetd (VXLAN, host-gw) comes next."
-echo "What node-2 knows of node-1's pod subnet today:"
-on node-2 ip route
+say "Seed 003: pod to pod across nodes (cni0 + eth1 + cni0), backend $BACKEND"
+on node-2 kubectl run traceroute-2 --image=busybox --restart=Never --overrides='{"spec":{"nodeName":"node-2"}}' -- traceroute "$IP"
+kc wait --for=jsonpath='{.status.phase}'=Succeeded pod/traceroute-2 --timeout=60s >/dev/null
+on node-2 kubectl logs traceroute-2
+if [ "$BACKEND" = host-gw ]; then
+  echo "(three hops, as in seed 003: node-2's cni0 gateway, node-1's eth1, the pod)"
+else
+  echo "(three hops: node-2's cni0 gateway, node-1's VTEP 10.244.1.0 on podnet.1, the pod;"
+  echo " make demo BACKEND=host-gw shows seed 003's hops, with node-1's eth1 in the middle)"
+fi
+for n in node-1 node-2; do
+  say "The path on $n"
+  on "$n" ip route
+  if [ "$BACKEND" != host-gw ]; then
+    on "$n" ip -d link show podnet.1
+    on "$n" ip neigh show dev podnet.1
+    on "$n" bridge fdb show dev podnet.1
+  fi
+done
