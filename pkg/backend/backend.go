@@ -7,6 +7,10 @@
 // deleting podnet's stale objects last. It only ever touches what it owns:
 // routes with RouteProtocol, and neighbours and FDB entries on its own
 // VXLAN device.
+//
+// Each Sync computes the whole desired state with pure functions
+// (desired.go: desiredVXLAN, desiredHostGW, desiredHybrid) and hands it to
+// apply (kernel.go), which diffs it against what the kernel holds now.
 package backend
 
 import (

@@ -2,10 +2,8 @@ package backend
 
 import (
 	"fmt"
-	"net/netip"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -13,78 +11,52 @@ import (
 // underlay. It only works between nodes on one L2 segment; a remote on
 // another segment is refused (reported), never routed into a black hole.
 type HostGW struct {
-	local   Local
-	link    int
-	segment netip.Prefix
-	mtu     int
+	n node
 }
 
 func (g *HostGW) Setup(local Local) (Facts, error) {
-	g.local = local
+	if err := checkLocal(local); err != nil {
+		return Facts{}, err
+	}
 	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return Facts{}, fmt.Errorf("open netlink: %w", err)
 	}
 	defer h.Close()
-	l, err := h.LinkByName(local.Link)
+	l, segment, err := underlay(h, local)
 	if err != nil {
-		return Facts{}, fmt.Errorf("look up underlay %s: %w", local.Link, err)
-	}
-	if g.segment, err = linkAddr(h, l, local.NodeIP); err != nil {
 		return Facts{}, err
 	}
-	g.link, g.mtu = l.Attrs().Index, l.Attrs().MTU
-	return Facts{MTU: g.mtu, Annotations: map[string]string{AnnotationBackend: "host-gw", AnnotationPublicIP: local.NodeIP.String()}}, nil
-}
-
-// routes returns host-gw routes for the remotes on this segment and the
-// refusal reasons for the others.
-func (g *HostGW) routes(remotes []Remote) (map[netip.Prefix]*netlink.Route, map[string]string) {
-	want, refused := map[netip.Prefix]*netlink.Route{}, map[string]string{}
-	for _, r := range remotes {
-		if !g.segment.Contains(r.NodeIP) {
-			refused[r.Node] = fmt.Sprintf("host-gw needs nodes on one L2 segment: %s is not in %s (use the vxlan or hybrid backend)", r.NodeIP, g.segment.Masked())
-			continue
-		}
-		want[r.PodCIDR.Masked()] = &netlink.Route{LinkIndex: g.link, Dst: ipNet(r.PodCIDR.Masked()), Gw: r.NodeIP.AsSlice()}
-	}
-	return want, refused
+	g.n = node{local: local, segment: segment, underlay: l.Attrs().Index}
+	return Facts{MTU: l.Attrs().MTU, Annotations: map[string]string{AnnotationBackend: "host-gw", AnnotationPublicIP: local.NodeIP.String()}}, nil
 }
 
 func (g *HostGW) Sync(remotes []Remote) (Result, error) {
-	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return Result{}, fmt.Errorf("open netlink: %w", err)
+	if g.n.underlay == 0 {
+		return Result{}, fmt.Errorf("host-gw: %w", errNotSetUp)
 	}
-	defer h.Close()
-	want, refused := g.routes(remotes)
-	a, d, err := syncRoutes(h, want)
-	return Result{Added: a, Removed: d, Refused: refused}, err
+	// No VTEP: host-gw owns routes only.
+	return syncState(0, desiredHostGW(g.n, remotes))
 }
 
 // Hybrid routes directly to nodes on this segment and through VXLAN to
 // the others.
 type Hybrid struct {
-	gw HostGW
-	vx VXLAN
+	n node
 }
 
 func (y *Hybrid) Setup(local Local) (Facts, error) {
-	if _, err := y.gw.Setup(local); err != nil {
+	n, mtu, err := setupOverlay(local)
+	if err != nil {
 		return Facts{}, err
 	}
-	f, err := y.vx.Setup(local)
-	f.Annotations[AnnotationBackend] = "hybrid"
-	return f, err
+	y.n = n
+	return overlayFacts("hybrid", local, mtu), nil
 }
 
 func (y *Hybrid) Sync(remotes []Remote) (Result, error) {
-	direct, _ := y.gw.routes(remotes)
-	var far []Remote
-	for _, r := range remotes {
-		if _, ok := direct[r.PodCIDR.Masked()]; !ok {
-			far = append(far, r)
-		}
+	if y.n.vtep == 0 {
+		return Result{}, fmt.Errorf("hybrid: %w", errNotSetUp)
 	}
-	return syncOverlay(y.vx.link, direct, far)
+	return syncState(y.n.vtep, desiredHybrid(y.n, remotes))
 }

@@ -11,6 +11,251 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// This file makes the kernel hold a desired state: list what podnet owns
+// now, compare (diffRoutes, diffNeighs, diffFDB: pure), write what is
+// missing or different, then delete what is stale.
+
+// dataplane is the part of netlink a Sync uses. netlinksafe.Handle is one;
+// the tests have an in-memory fake.
+type dataplane interface {
+	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
+	RouteReplace(route *netlink.Route) error
+	RouteDel(route *netlink.Route) error
+	NeighList(linkIndex, family int) ([]netlink.Neigh, error)
+	NeighSet(neigh *netlink.Neigh) error
+	NeighDel(neigh *netlink.Neigh) error
+}
+
+// maxAttempts bounds retries of a netlink dump the kernel interrupted
+// (NLM_F_DUMP_INTR), as netlinksafe does.
+const maxAttempts = 5
+
+// syncState opens netlink in the calling thread's namespace and applies want.
+func syncState(vtep int, want state) (Result, error) {
+	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return Result{Refused: want.refused}, fmt.Errorf("open netlink: %w", err)
+	}
+	defer h.Close()
+	return apply(h, vtep, want)
+}
+
+// apply makes podnet's objects in the kernel exactly want: its routes
+// (protocol RouteProtocol, main table) and, when vtep is not 0, every
+// neighbour and FDB entry on the VTEP (learning is off: all of them are
+// podnet's). Nothing else is listed, so nothing else is touched.
+//
+// Order matters. Everything wanted is written first, in the order a packet
+// uses it (FDB entry, neighbour, route), so that a route never points at a
+// VTEP address the kernel cannot resolve, and a remote that stays never
+// lacks its route. Stale objects go last, in the reverse order, and only
+// when every write succeeded: a remote moving from the overlay to a direct
+// route (hybrid) keeps its neighbour and FDB entry until its new route is
+// in place.
+func apply(dp dataplane, vtep int, want state) (Result, error) {
+	res := Result{Refused: want.refused}
+	haveRoutes, err := dp.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return res, fmt.Errorf("list podnet routes (proto %d): %w", RouteProtocol, err)
+	}
+	var haveNeighs, haveFDB []netlink.Neigh
+	if vtep != 0 {
+		if haveNeighs, err = listNeighs(dp, vtep, netlink.FAMILY_V4); err != nil {
+			return res, fmt.Errorf("list neighbours of %s: %w", VXLANDevice, err)
+		}
+		if haveFDB, err = listNeighs(dp, vtep, unix.AF_BRIDGE); err != nil {
+			return res, fmt.Errorf("list fdb of %s: %w", VXLANDevice, err)
+		}
+	}
+	writeRoutes, staleRoutes := diffRoutes(want.routes, haveRoutes)
+	writeNeighs, staleNeighs := diffNeighs(want.neighs, haveNeighs)
+	writeFDB, staleFDB := diffFDB(want.fdb, haveFDB)
+
+	var errs []error
+	for _, e := range writeFDB {
+		if err := dp.NeighSet(e.netlink(vtep)); err != nil {
+			errs = append(errs, fmt.Errorf("fdb %s dst %s on %s: %w", e.mac, e.dst, VXLANDevice, err))
+			continue
+		}
+		res.Added++
+	}
+	for _, n := range writeNeighs {
+		if err := dp.NeighSet(n.netlink(vtep)); err != nil {
+			errs = append(errs, fmt.Errorf("neighbour %s lladdr %s on %s: %w", n.ip, n.mac, VXLANDevice, err))
+			continue
+		}
+		res.Added++
+	}
+	for _, r := range writeRoutes {
+		if err := dp.RouteReplace(r.netlink()); err != nil {
+			errs = append(errs, fmt.Errorf("add route %s via %s: %w", r.dst, r.gw, err))
+			continue
+		}
+		res.Added++
+	}
+	if len(errs) > 0 {
+		return res, fmt.Errorf("%w (stale objects kept until a sync succeeds)", errors.Join(errs...))
+	}
+
+	for _, r := range staleRoutes {
+		if err := dp.RouteDel(&r); err != nil {
+			if !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("delete stale route %s via %s: %w", prefixOf(r.Dst), r.Gw, err))
+			}
+			continue
+		}
+		res.Removed++
+	}
+	for _, n := range staleNeighs {
+		if err := dp.NeighDel(&n); err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete stale neighbour %s on %s: %w", n.IP, VXLANDevice, err))
+			}
+			continue
+		}
+		res.Removed++
+	}
+	for _, n := range staleFDB {
+		if err := dp.NeighDel(&n); err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete stale fdb %s dst %s on %s: %w", n.HardwareAddr, n.IP, VXLANDevice, err))
+			}
+			continue
+		}
+		res.Removed++
+	}
+	return res, errors.Join(errs...)
+}
+
+// listNeighs lists the neighbours (FAMILY_V4) or FDB entries (AF_BRIDGE) of
+// one link, retrying an interrupted dump. A link index of 0 would list
+// every device's, which nobody here may touch.
+func listNeighs(dp dataplane, link, family int) ([]netlink.Neigh, error) {
+	if link <= 0 {
+		return nil, fmt.Errorf("no link index")
+	}
+	for attempt := 1; ; attempt++ {
+		l, err := dp.NeighList(link, family)
+		if errors.Is(err, netlink.ErrDumpInterrupted) && attempt < maxAttempts {
+			continue
+		}
+		return l, err
+	}
+}
+
+// diffRoutes returns the wanted routes the kernel lacks or holds otherwise,
+// and podnet's routes (have) that nothing wants. A route to a wanted
+// destination is replaced in place (RouteReplace), so it is not stale; a
+// podnet route with a metric is, since podnet never writes one.
+func diffRoutes(want []route, have []netlink.Route) (write []route, stale []netlink.Route) {
+	current := map[netip.Prefix]netlink.Route{}
+	for _, h := range have {
+		if h.Priority == 0 {
+			current[prefixOf(h.Dst)] = h
+		}
+	}
+	wanted := map[netip.Prefix]bool{}
+	for _, w := range want {
+		wanted[w.dst] = true
+		if h, ok := current[w.dst]; ok && w.matches(h) {
+			continue
+		}
+		write = append(write, w)
+	}
+	for _, h := range have {
+		if h.Priority != 0 || !wanted[prefixOf(h.Dst)] {
+			stale = append(stale, h)
+		}
+	}
+	return write, stale
+}
+
+// diffNeighs compares the VTEP's neighbours. Neighbours are keyed by
+// address alone (a delete would remove the entry whatever its MAC), so an
+// address that is wanted is rewritten in place, never deleted.
+func diffNeighs(want []neigh, have []netlink.Neigh) (write []neigh, stale []netlink.Neigh) {
+	current := map[netip.Addr]netlink.Neigh{}
+	for _, h := range have {
+		current[addrOf(h.IP)] = h
+	}
+	wanted := map[netip.Addr]bool{}
+	for _, w := range want {
+		wanted[w.ip] = true
+		if h, ok := current[w.ip]; ok && h.State&netlink.NUD_PERMANENT != 0 && macEqual(h.HardwareAddr, w.mac) {
+			continue
+		}
+		write = append(write, w)
+	}
+	for _, h := range have {
+		if !wanted[addrOf(h.IP)] {
+			stale = append(stale, h)
+		}
+	}
+	return write, stale
+}
+
+// diffFDB compares the VTEP's FDB. An entry is a MAC and a destination
+// (a VXLAN FDB entry can have several, listed one by one, and a delete
+// names one), so anything but an exact match is stale; a wanted MAC whose
+// destination changed is rewritten (NeighSet replaces it) and its old
+// destination, if still there, deleted.
+func diffFDB(want []fdbEntry, have []netlink.Neigh) (write []fdbEntry, stale []netlink.Neigh) {
+	type key struct {
+		mac string
+		dst netip.Addr
+	}
+	current := map[key]netlink.Neigh{}
+	for _, h := range have {
+		current[key{h.HardwareAddr.String(), addrOf(h.IP)}] = h
+	}
+	wanted := map[key]bool{}
+	for _, w := range want {
+		k := key{w.mac.String(), w.dst}
+		wanted[k] = true
+		if h, ok := current[k]; ok && h.State&netlink.NUD_PERMANENT != 0 {
+			continue
+		}
+		write = append(write, w)
+	}
+	for _, h := range have {
+		if !wanted[key{h.HardwareAddr.String(), addrOf(h.IP)}] {
+			stale = append(stale, h)
+		}
+	}
+	return write, stale
+}
+
+// matches reports whether the kernel route h already is r.
+func (r route) matches(h netlink.Route) bool {
+	onlink := h.Flags&int(netlink.FLAG_ONLINK) != 0
+	return h.LinkIndex == r.link && addrOf(h.Gw) == r.gw && onlink == r.onlink && len(h.MultiPath) == 0
+}
+
+func (r route) netlink() *netlink.Route {
+	nr := &netlink.Route{LinkIndex: r.link, Dst: ipNet(r.dst), Gw: r.gw.AsSlice(), Protocol: RouteProtocol}
+	if r.onlink {
+		nr.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return nr
+}
+
+func (n neigh) netlink(vtep int) *netlink.Neigh {
+	return &netlink.Neigh{LinkIndex: vtep, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+		Type: unix.RTN_UNICAST, IP: n.ip.AsSlice(), HardwareAddr: n.mac}
+}
+
+func (e fdbEntry) netlink(vtep int) *netlink.Neigh {
+	return &netlink.Neigh{LinkIndex: vtep, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+		Flags: netlink.NTF_SELF, IP: e.dst.AsSlice(), HardwareAddr: e.mac}
+}
+
+func macEqual(a, b net.HardwareAddr) bool { return a.String() == b.String() }
+
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}
+
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
@@ -19,59 +264,31 @@ func prefixOf(n *net.IPNet) netip.Prefix {
 	if n == nil {
 		return netip.Prefix{}
 	}
-	a, _ := netip.AddrFromSlice(n.IP)
 	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones)
+	return netip.PrefixFrom(addrOf(n.IP), ones)
 }
 
-// linkAddr returns the link's first IPv4 prefix (its segment).
-func linkAddr(h netlinksafe.Handle, l netlink.Link, ip netip.Addr) (netip.Prefix, error) {
-	addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+// underlay looks up the underlay interface of local and the network
+// (segment) of local.NodeIP on it.
+func underlay(h netlinksafe.Handle, local Local) (netlink.Link, netip.Prefix, error) {
+	l, err := h.LinkByName(local.Link)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+		return nil, netip.Prefix{}, fmt.Errorf("look up underlay %s: %w", local.Link, err)
+	}
+	var addrs []netlink.Addr
+	for attempt := 1; ; attempt++ {
+		addrs, err = h.AddrList(l, netlink.FAMILY_V4)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || attempt == maxAttempts {
+			break
+		}
+	}
+	if err != nil {
+		return nil, netip.Prefix{}, fmt.Errorf("list addresses of %s: %w", local.Link, err)
 	}
 	for _, a := range addrs {
-		if p := prefixOf(a.IPNet); p.Addr() == ip {
-			return p, nil
+		if p := prefixOf(a.IPNet); p.Addr() == local.NodeIP {
+			return l, p.Masked(), nil
 		}
 	}
-	return netip.Prefix{}, fmt.Errorf("%s does not hold %s", l.Attrs().Name, ip)
-}
-
-// syncRoutes makes podnet's routes exactly want (keyed by destination):
-// replace every wanted route first, then delete podnet routes no longer
-// wanted — so traffic to a remaining node never lacks a route.
-func syncRoutes(h netlinksafe.Handle, want map[netip.Prefix]*netlink.Route) (added, removed int, err error) {
-	have, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		return 0, 0, fmt.Errorf("list podnet routes: %w", err)
-	}
-	current := map[netip.Prefix]netlink.Route{}
-	for _, r := range have {
-		current[prefixOf(r.Dst)] = r
-	}
-	for dst, r := range want {
-		r.Protocol = RouteProtocol
-		if c, ok := current[dst]; ok && sameRoute(c, *r) {
-			continue
-		}
-		if err := h.RouteReplace(r); err != nil {
-			return added, removed, fmt.Errorf("add route %s via %s: %w", dst, r.Gw, err)
-		}
-		added++
-	}
-	for dst, r := range current {
-		if _, ok := want[dst]; ok {
-			continue
-		}
-		if err := h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-			return added, removed, fmt.Errorf("delete stale route %s: %w", dst, err)
-		}
-		removed++
-	}
-	return added, removed, nil
-}
-
-func sameRoute(a, b netlink.Route) bool {
-	return a.LinkIndex == b.LinkIndex && a.Gw.Equal(b.Gw) && a.Flags&int(netlink.FLAG_ONLINK) == b.Flags&int(netlink.FLAG_ONLINK)
+	return nil, netip.Prefix{}, fmt.Errorf("underlay %s does not hold the node address %s", local.Link, local.NodeIP)
 }

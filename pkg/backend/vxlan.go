@@ -29,12 +29,16 @@ const (
 // remote VTEP's MAC, and an FDB entry sending that MAC to the remote node.
 // Learning is off: the control plane (Node annotations) is the only source.
 type VXLAN struct {
-	local Local
-	link  int // ifindex of the VTEP
+	n node
 }
+
+// errNotSetUp is what Sync says before a successful Setup: it must not
+// guess which device is the VTEP.
+var errNotSetUp = errors.New("sync before a successful Setup")
 
 // VTEPMAC is the VTEP's MAC, derived from the node name: stable across
 // restarts and re-creations, so peers' FDB and neighbour entries stay right.
+// 0x0e in the first byte makes it a locally administered unicast address.
 func VTEPMAC(node string) net.HardwareAddr {
 	h := sha256.Sum256([]byte("podnet-vtep/" + node))
 	return net.HardwareAddr{0x0e, 0x58, h[0], h[1], h[2], h[3]}
@@ -43,150 +47,129 @@ func VTEPMAC(node string) net.HardwareAddr {
 // Setup creates (or adopts, after a restart) the VTEP and gives it the
 // pod subnet's network address, as flannel gives flannel.1.
 func (v *VXLAN) Setup(local Local) (Facts, error) {
-	v.local = local
-	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	n, mtu, err := setupOverlay(local)
 	if err != nil {
-		return Facts{}, fmt.Errorf("open netlink: %w", err)
+		return Facts{}, err
 	}
-	defer h.Close()
-	under, err := h.LinkByName(local.Link)
-	if err != nil {
-		return Facts{}, fmt.Errorf("look up underlay %s: %w", local.Link, err)
-	}
-	mtu := under.Attrs().MTU - VXLANOverhead
-	mac := VTEPMAC(local.Node)
-	want := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, MTU: mtu, HardwareAddr: mac},
-		VxlanId: VNI, VtepDevIndex: under.Attrs().Index, SrcAddr: local.NodeIP.AsSlice(),
-		Port: VXLANPort, Learning: false, UDPCSum: true}
-	l, err := h.LinkByName(VXLANDevice)
-	if err == nil {
-		if vx, ok := l.(*netlink.Vxlan); !ok || vx.VxlanId != VNI || vx.Port != VXLANPort || !vx.SrcAddr.Equal(want.SrcAddr) || vx.VtepDevIndex != want.VtepDevIndex {
-			// Ours by name, but not as we want it: re-create.
-			if err := h.LinkDel(l); err != nil {
-				return Facts{}, fmt.Errorf("replace %s: %w", VXLANDevice, err)
-			}
-			l = nil
-		}
-	} else {
-		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
-			return Facts{}, fmt.Errorf("look up %s: %w", VXLANDevice, err)
-		}
-		l = nil
-	}
-	if l == nil {
-		if err := h.LinkAdd(want); err != nil {
-			return Facts{}, fmt.Errorf("create %s (VNI %d, port %d, local %s): %w", VXLANDevice, VNI, VXLANPort, local.NodeIP, err)
-		}
-		if l, err = h.LinkByName(VXLANDevice); err != nil {
-			return Facts{}, fmt.Errorf("look up %s: %w", VXLANDevice, err)
-		}
-	}
-	if l.Attrs().MTU != mtu {
-		if err := h.LinkSetMTU(l, mtu); err != nil {
-			return Facts{}, fmt.Errorf("set MTU of %s: %w", VXLANDevice, err)
-		}
-	}
-	addr := netip.PrefixFrom(local.PodCIDR.Masked().Addr(), 32)
-	if err := h.AddrReplace(l, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
-		return Facts{}, fmt.Errorf("address %s on %s: %w", addr, VXLANDevice, err)
-	}
-	if err := h.LinkSetUp(l); err != nil {
-		return Facts{}, fmt.Errorf("set %s up: %w", VXLANDevice, err)
-	}
-	v.link = l.Attrs().Index
-	return Facts{MTU: mtu, Annotations: map[string]string{
-		AnnotationBackend: "vxlan", AnnotationPublicIP: local.NodeIP.String(), AnnotationVTEPMAC: mac.String()}}, nil
+	v.n = n
+	return overlayFacts("vxlan", local, mtu), nil
 }
 
 // Sync programs route, neighbour and FDB entry per remote.
 func (v *VXLAN) Sync(remotes []Remote) (Result, error) {
-	return syncOverlay(v.link, nil, remotes)
+	if v.n.vtep == 0 {
+		return Result{}, fmt.Errorf("vxlan: %w", errNotSetUp)
+	}
+	return syncState(v.n.vtep, desiredVXLAN(v.n, remotes))
 }
 
-// syncOverlay programs the overlay for remotes, next to the direct routes
-// given (hybrid), in one pass: neighbour and FDB entries first, then the
-// routes that use them, stale objects last.
-func syncOverlay(link int, direct map[netip.Prefix]*netlink.Route, remotes []Remote) (Result, error) {
+func overlayFacts(backend string, local Local, mtu int) Facts {
+	return Facts{MTU: mtu, Annotations: map[string]string{AnnotationBackend: backend,
+		AnnotationPublicIP: local.NodeIP.String(), AnnotationVTEPMAC: VTEPMAC(local.Node).String()}}
+}
+
+// setupOverlay finds the underlay and sets up the VTEP on it; it returns
+// the node as Sync needs it and the VTEP's MTU.
+func setupOverlay(local Local) (node, int, error) {
+	if err := checkLocal(local); err != nil {
+		return node{}, 0, err
+	}
 	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return Result{}, fmt.Errorf("open netlink: %w", err)
+		return node{}, 0, fmt.Errorf("open netlink: %w", err)
 	}
 	defer h.Close()
-	res := Result{Refused: map[string]string{}}
-	routes := map[netip.Prefix]*netlink.Route{}
-	for k, r := range direct {
-		routes[k] = r
-	}
-	var entries []vtepEntry
-	for _, r := range remotes {
-		if r.VTEPMAC == nil {
-			res.Refused[r.Node] = "it has not published a VTEP MAC (" + AnnotationVTEPMAC + ") yet"
-			continue
-		}
-		gw := r.PodCIDR.Masked().Addr()
-		routes[r.PodCIDR.Masked()] = &netlink.Route{LinkIndex: link, Dst: ipNet(r.PodCIDR.Masked()),
-			Gw: gw.AsSlice(), Flags: int(netlink.FLAG_ONLINK)}
-		entries = append(entries, vtepEntry{vtepIP: gw, mac: r.VTEPMAC, nodeIP: r.NodeIP})
-	}
-	n, err := syncVTEPEntries(h, link, entries)
+	under, segment, err := underlay(h, local)
 	if err != nil {
-		return res, err
+		return node{}, 0, err
 	}
-	a, d, err := syncRoutes(h, routes)
-	res.Added, res.Removed = a+n, d
-	return res, err
+	vtep, mtu, err := setupVTEP(h, local, under)
+	if err != nil {
+		return node{}, 0, err
+	}
+	return node{local: local, segment: segment, underlay: under.Attrs().Index, vtep: vtep}, mtu, nil
 }
 
-type vtepEntry struct {
-	vtepIP netip.Addr
-	mac    net.HardwareAddr
-	nodeIP netip.Addr
+// vtepLink is the VTEP this node wants on the underlay under.
+func vtepLink(local Local, under netlink.Link) *netlink.Vxlan {
+	return &netlink.Vxlan{
+		LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, MTU: under.Attrs().MTU - VXLANOverhead, HardwareAddr: VTEPMAC(local.Node)},
+		VxlanId:   VNI, VtepDevIndex: under.Attrs().Index, SrcAddr: local.NodeIP.AsSlice(),
+		Port: VXLANPort, Learning: false, UDPCSum: true}
 }
 
-// syncVTEPEntries makes the VTEP's permanent neighbours and FDB entries
-// exactly those of entries. Everything on the VTEP is podnet's.
-func syncVTEPEntries(h netlinksafe.Handle, link int, entries []vtepEntry) (int, error) {
-	changed := 0
-	wantNeigh, wantFDB := map[netip.Addr]string{}, map[string]netip.Addr{}
-	for _, e := range entries {
-		wantNeigh[e.vtepIP], wantFDB[e.mac.String()] = e.mac.String(), e.nodeIP
-		if err := h.NeighSet(&netlink.Neigh{LinkIndex: link, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST,
-			IP: e.vtepIP.AsSlice(), HardwareAddr: e.mac}); err != nil {
-			return changed, fmt.Errorf("neighbour %s lladdr %s on %s: %w", e.vtepIP, e.mac, VXLANDevice, err)
+// vtepAdoptable reports whether an existing link named VXLANDevice can be
+// kept. Re-creating the VTEP drops every flow through it (and every FDB
+// and neighbour entry), so only a device that disagrees with its peers on
+// the wire (VNI, port, local address, underlay) or learns entries (all
+// entries on the VTEP are podnet's) is replaced; MTU, MAC and address are
+// corrected in place.
+func vtepAdoptable(have netlink.Link, want *netlink.Vxlan) bool {
+	vx, ok := have.(*netlink.Vxlan)
+	return ok && vx.VxlanId == want.VxlanId && vx.Port == want.Port && vx.SrcAddr.Equal(want.SrcAddr) &&
+		vx.VtepDevIndex == want.VtepDevIndex && !vx.Learning
+}
+
+// setupVTEP creates or adopts the VTEP and returns its index and MTU.
+func setupVTEP(h netlinksafe.Handle, local Local, under netlink.Link) (int, int, error) {
+	want := vtepLink(local, under)
+	l, err := h.LinkByName(VXLANDevice)
+	var nf netlink.LinkNotFoundError
+	switch {
+	case err == nil && !vtepAdoptable(l, want):
+		if err := h.LinkDel(l); err != nil {
+			return 0, 0, fmt.Errorf("replace %s (not the VTEP this node needs): %w", VXLANDevice, err)
 		}
-		if err := h.NeighSet(&netlink.Neigh{LinkIndex: link, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
-			Flags: netlink.NTF_SELF, IP: e.nodeIP.AsSlice(), HardwareAddr: e.mac}); err != nil {
-			return changed, fmt.Errorf("fdb %s dst %s on %s: %w", e.mac, e.nodeIP, VXLANDevice, err)
+		l = nil
+	case errors.As(err, &nf):
+		l = nil
+	case err != nil:
+		return 0, 0, fmt.Errorf("look up %s: %w", VXLANDevice, err)
+	}
+	if l == nil {
+		if err := h.LinkAdd(want); err != nil {
+			return 0, 0, fmt.Errorf("create %s (VNI %d, port %d, local %s): %w", VXLANDevice, VNI, VXLANPort, local.NodeIP, err)
+		}
+		if l, err = h.LinkByName(VXLANDevice); err != nil {
+			return 0, 0, fmt.Errorf("look up %s: %w", VXLANDevice, err)
 		}
 	}
-	neighs, err := h.NeighList(link, netlink.FAMILY_V4)
+	if l.Attrs().MTU != want.MTU {
+		if err := h.LinkSetMTU(l, want.MTU); err != nil {
+			return 0, 0, fmt.Errorf("set MTU of %s to %d: %w", VXLANDevice, want.MTU, err)
+		}
+	}
+	// Peers' neighbour entries name this MAC (from the annotation).
+	if !macEqual(l.Attrs().HardwareAddr, want.HardwareAddr) {
+		if err := h.LinkSetHardwareAddr(l, want.HardwareAddr); err != nil {
+			return 0, 0, fmt.Errorf("set MAC of %s to %s: %w", VXLANDevice, want.HardwareAddr, err)
+		}
+	}
+	if err := vtepAddress(h, l, netip.PrefixFrom(local.PodCIDR.Masked().Addr(), 32)); err != nil {
+		return 0, 0, err
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return 0, 0, fmt.Errorf("set %s up: %w", VXLANDevice, err)
+	}
+	return l.Attrs().Index, want.MTU, nil
+}
+
+// vtepAddress makes addr the VTEP's only IPv4 address (a node whose pod
+// subnet changed keeps no old one).
+func vtepAddress(h netlinksafe.Handle, l netlink.Link, addr netip.Prefix) error {
+	if err := h.AddrReplace(l, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
+		return fmt.Errorf("address %s on %s: %w", addr, VXLANDevice, err)
+	}
+	have, err := h.AddrList(l, netlink.FAMILY_V4)
 	if err != nil {
-		return changed, fmt.Errorf("list neighbours of %s: %w", VXLANDevice, err)
+		return fmt.Errorf("list addresses of %s: %w", VXLANDevice, err)
 	}
-	for _, n := range neighs {
-		ip, _ := netip.AddrFromSlice(n.IP)
-		if mac, ok := wantNeigh[ip.Unmap()]; ok && mac == n.HardwareAddr.String() {
-			continue
+	for _, a := range have {
+		if p := prefixOf(a.IPNet); p != addr {
+			if err := h.AddrDel(l, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				return fmt.Errorf("delete old address %s of %s: %w", p, VXLANDevice, err)
+			}
 		}
-		if err := h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
-			return changed, fmt.Errorf("delete stale neighbour %s: %w", n.IP, err)
-		}
-		changed++
 	}
-	fdb, err := h.NeighList(link, unix.AF_BRIDGE)
-	if err != nil {
-		return changed, fmt.Errorf("list fdb of %s: %w", VXLANDevice, err)
-	}
-	for _, n := range fdb {
-		dst, _ := netip.AddrFromSlice(n.IP)
-		if want, ok := wantFDB[n.HardwareAddr.String()]; ok && want == dst.Unmap() {
-			continue
-		}
-		if err := h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
-			return changed, fmt.Errorf("delete stale fdb %s dst %s: %w", n.HardwareAddr, n.IP, err)
-		}
-		changed++
-	}
-	return changed, nil
+	return nil
 }
