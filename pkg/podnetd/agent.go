@@ -63,8 +63,8 @@ type Agent struct {
 	nodes       listersv1.NodeLister
 	local       backend.Local
 	masq        *masq.Masq
-	noMasq      netip.Prefix // the node network (underlay segment), never masqueraded
-	ready       bool         // NetworkUnavailable has been set to False
+	noMasq      netip.Prefix      // the node network (underlay segment), never masqueraded
+	facts       map[string]string // the annotations this node publishes
 	lastRefused string
 }
 
@@ -126,19 +126,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// setup waits for this node's pod subnet, prepares the backend, publishes
-// the node's facts and writes the CNI config.
+// setup waits for this node's pod subnet and address, prepares the
+// backend, publishes the node's facts and writes the CNI config.
 func (a *Agent) setup(ctx context.Context) error {
 	var self *corev1.Node
 	said := false
 	for {
 		n, err := a.nodes.Get(a.cfg.NodeName)
-		if err == nil && n.Spec.PodCIDR != "" {
+		if err == nil && settled(n) {
 			self = n
 			break
 		}
 		if !said {
-			a.log.Info("waiting for this node's pod subnet (Node.spec.podCIDRs, allocated by kube-controller-manager)")
+			a.log.Info("waiting for this node's pod subnet (Node.spec.podCIDRs, allocated by kube-controller-manager) and address (reported by kubelet)")
 			said = true
 		}
 		select {
@@ -147,6 +147,15 @@ func (a *Agent) setup(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
+	return a.setupFor(ctx, self)
+}
+
+// setupFor prepares the backend for the pod subnet and address that self
+// (this node's Node) gives, publishes the node's facts and writes the CNI
+// config. It runs at start and again when the Node's pod subnet changes
+// (the Node was deleted and registered anew, and node IPAM gave it another
+// one), so that pods get addresses the other nodes route here.
+func (a *Agent) setupFor(ctx context.Context, self *corev1.Node) error {
 	cidr, err := netip.ParsePrefix(self.Spec.PodCIDR)
 	if err != nil {
 		return fmt.Errorf("node %s: podCIDR %q: %w", a.cfg.NodeName, self.Spec.PodCIDR, err)
@@ -163,16 +172,19 @@ func (a *Agent) setup(ctx context.Context) error {
 	if a.noMasq, err = segmentOf(link, ip); err != nil {
 		return err
 	}
-	nft, err := knftables.New(masq.Family, masq.TableName)
-	if err != nil {
-		return fmt.Errorf("nftables for egress masquerade: %w", err)
+	if a.masq == nil {
+		nft, err := knftables.New(masq.Family, masq.TableName)
+		if err != nil {
+			return fmt.Errorf("nftables for egress masquerade: %w", err)
+		}
+		a.masq = masq.New(nft, masq.WithLogger(a.log))
 	}
-	a.masq = masq.New(nft, masq.WithLogger(a.log))
 	facts, err := a.be.Setup(a.local)
 	if err != nil {
 		return fmt.Errorf("set up the %s backend: %w", a.cfg.Backend, err)
 	}
 	a.log.Info("backend ready", "backend", a.cfg.Backend, "cidr", cidr, "ip", ip, "link", link, "mtu", facts.MTU)
+	a.facts = facts.Annotations
 	if err := a.annotate(ctx, facts.Annotations); err != nil {
 		return err
 	}
@@ -186,6 +198,14 @@ func (a *Agent) setup(ctx context.Context) error {
 		a.log.Info("wrote CNI config", "dir", a.cfg.CNIConfDir, "cidr", cidr, "mtu", mtu)
 	}
 	return nil
+}
+
+// settled says whether a Node has what setup needs: a pod subnet (node
+// IPAM) and an InternalIP (kubelet's status). A Node just registered has
+// neither for a moment.
+func settled(n *corev1.Node) bool {
+	_, ok := internalIP(n)
+	return ok && n.Spec.PodCIDR != ""
 }
 
 func internalIP(n *corev1.Node) (netip.Addr, bool) {
@@ -276,6 +296,16 @@ func (a *Agent) remotes() ([]backend.Remote, error) {
 
 // sync applies the whole desired state.
 func (a *Agent) sync(ctx context.Context) error {
+	self, err := a.nodes.Get(a.cfg.NodeName)
+	if err != nil {
+		self = nil // deleted: nothing to publish until it is registered again
+	}
+	if self != nil && settled(self) && self.Spec.PodCIDR != a.local.PodCIDR.String() {
+		a.log.Info("this node's pod subnet changed: setting up again", "old", a.local.PodCIDR, "cidr", self.Spec.PodCIDR)
+		if err := a.setupFor(ctx, self); err != nil {
+			return err
+		}
+	}
 	remotes, err := a.remotes()
 	if err != nil {
 		return err
@@ -297,13 +327,32 @@ func (a *Agent) sync(ctx context.Context) error {
 	if err := a.masq.Sync(ctx, masq.Config{ClusterCIDRs: a.cfg.ClusterCIDRs, NoMasquerade: []netip.Prefix{a.noMasq}}); err != nil {
 		return fmt.Errorf("egress masquerade: %w", err)
 	}
-	if !a.ready {
-		if err := a.setNetworkAvailable(ctx); err != nil {
-			return err
-		}
-		a.ready = true
+	return a.publish(ctx, self)
+}
+
+// publish makes this node's Node carry the node's facts and
+// NetworkUnavailable=False, compared with what the Node holds now (not what
+// was written before): a Node deleted and registered again, or whose
+// annotations were removed, gets them back — without them the other nodes
+// refuse it.
+func (a *Agent) publish(ctx context.Context, self *corev1.Node) error {
+	if self == nil || self.Spec.PodCIDR != a.local.PodCIDR.String() {
+		return nil // gone, or registered anew and waiting for its pod subnet
 	}
-	return nil
+	for k, v := range a.facts {
+		if self.Annotations[k] != v {
+			if err := a.annotate(ctx, a.facts); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	for _, c := range self.Status.Conditions {
+		if c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse {
+			return nil
+		}
+	}
+	return a.setNetworkAvailable(ctx)
 }
 
 func describeRefused(m map[string]string) string {
