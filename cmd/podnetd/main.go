@@ -13,10 +13,13 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/podnet/podnet/pkg/agentapi"
 	"github.com/podnet/podnet/pkg/podnetd"
 )
 
@@ -28,6 +31,7 @@ func main() {
 	mtu := flag.Int("mtu", 0, "pod MTU (default: derived from the underlay: minus 50 under VXLAN)")
 	confDir := flag.String("cni-conf-dir", "/etc/cni/net.d", "where to write the node's CNI conflist")
 	dataDir := flag.String("podnet-data-dir", "/var/lib/cni/podnet", "the CNI plugin's reservation store")
+	listen := flag.String("listen", "127.0.0.1:9965", "address of /healthz and /metrics (empty: off)")
 	clusterCIDR := flag.String("cluster-cidr", "10.244.0.0/16", "the pod network(s), comma-separated; egress from them to elsewhere is masqueraded")
 	flag.Parse()
 	var cidrs []netip.Prefix
@@ -40,14 +44,17 @@ func main() {
 		cidrs = append(cidrs, p.Masked())
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(*node, *kubeconfig, podnetd.Config{NodeName: *node, Backend: *be, MTU: *mtu,
+	if err := run(*node, *kubeconfig, *listen, podnetd.Config{NodeName: *node, Backend: *be, MTU: *mtu,
 		CNIConfDir: *confDir, PodnetDataDir: *dataDir, ClusterCIDRs: cidrs, Log: log}); err != nil {
 		fmt.Fprintln(os.Stderr, "podnetd:", err)
 		os.Exit(1)
 	}
 }
 
-func run(node, kubeconfig string, cfg podnetd.Config) error {
+func run(node, kubeconfig, listen string, cfg podnetd.Config) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Metrics = reg
 	var rc *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -68,6 +75,13 @@ func run(node, kubeconfig string, cfg podnetd.Config) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if listen != "" {
+		go func() {
+			if err := agentapi.Serve(ctx, listen, reg, a.Health); err != nil {
+				cfg.Log.Error("serve /healthz and /metrics", "err", err)
+			}
+		}()
+	}
 	return a.Run(ctx)
 }
 

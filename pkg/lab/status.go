@@ -92,6 +92,7 @@ var healthURL = map[string]string{
 	"kube-apiserver":          "https://127.0.0.1:6443/readyz",
 	"kube-controller-manager": "https://127.0.0.1:10257/healthz",
 	"kube-scheduler":          "https://127.0.0.1:10259/healthz",
+	"podnetd":                 "http://127.0.0.1:9965/healthz",
 }
 
 // answering reports whether url answers 200 from inside the machine.

@@ -31,6 +31,9 @@ import (
 
 	"sigs.k8s.io/knftables"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/podnet/podnet/pkg/agentapi"
 	"github.com/podnet/podnet/pkg/backend"
 	"github.com/podnet/podnet/pkg/masq"
 	"github.com/podnet/podnet/pkg/netconf"
@@ -49,13 +52,18 @@ type Config struct {
 	ClusterCIDRs []netip.Prefix
 	// Resync is the period of full resyncs that repair drift.
 	Resync time.Duration
-	Log    *slog.Logger
+	// Metrics is where the agent registers its metrics (none when nil).
+	Metrics prometheus.Registerer
+	Log     *slog.Logger
 }
 
 const minInterval = 100 * time.Millisecond
 
 // Agent is podnetd on one node.
 type Agent struct {
+	// Health is healthy while the last sync succeeded recently (/healthz).
+	Health      *agentapi.SyncHealth
+	metrics     *metrics
 	cfg         Config
 	client      kubernetes.Interface
 	log         *slog.Logger
@@ -80,7 +88,7 @@ func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Agent{cfg: cfg, client: client, be: be, log: cfg.Log.With("node", cfg.NodeName)}, nil
+	return &Agent{Health: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, metrics: newMetrics(cfg.Metrics), cfg: cfg, client: client, be: be, log: cfg.Log.With("node", cfg.NodeName)}, nil
 }
 
 // Run runs until ctx ends. The dataplane is left in place when it returns:
@@ -114,7 +122,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			time.Sleep(wait)
 		}
 		last = time.Now()
-		if err := a.sync(ctx); err != nil {
+		start := time.Now()
+		err := a.sync(ctx)
+		a.metrics.syncDuration.Observe(time.Since(start).Seconds())
+		a.Health.Record(err)
+		if err != nil {
+			a.metrics.syncErrors.Inc()
 			a.log.Error("sync", "err", err)
 		}
 		select {
@@ -315,6 +328,10 @@ func (a *Agent) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.metrics.changes.WithLabelValues("add").Add(float64(res.Added))
+	a.metrics.changes.WithLabelValues("remove").Add(float64(res.Removed))
+	a.metrics.remotes.Set(float64(len(remotes) - len(res.Refused)))
+	a.metrics.refused.Set(float64(len(res.Refused)))
 	if res.Added+res.Removed > 0 {
 		a.log.Info("dataplane synced", "remotes", len(remotes), "added", res.Added, "removed", res.Removed, "took", time.Since(start))
 	}

@@ -143,6 +143,16 @@ func TestLab(t *testing.T) {
 
 	t.Run("cross-node traffic (vxlan)", func(t *testing.T) { crossNode(t, e) })
 
+	t.Run("podnetd health and metrics", func(t *testing.T) {
+		out := e.onNode("node-1", "curl -s 127.0.0.1:9965/healthz; curl -s 127.0.0.1:9965/metrics | grep -E '^podnet_(sync_duration_seconds_count|remote_nodes) '")
+		if !strings.HasPrefix(out, "ok\n") || !strings.Contains(out, "podnet_remote_nodes 2") || !strings.Contains(out, "podnet_sync_duration_seconds_count") {
+			t.Errorf("podnetd on node-1: /healthz and /metrics said:\n%s", out)
+		}
+		if st, _ := e.podnetctl("lab", "status"); !strings.Contains(st, "podnetd=running,answering") {
+			t.Errorf("lab status does not show podnetd answering:\n%s", st)
+		}
+	})
+
 	t.Run("the node's view", func(t *testing.T) {
 		out := e.onNode("node-1", "hostname; ip netns list; brctl show cni0; cat /etc/cni/net.d/10-podnet.conflist")
 		for _, want := range []string{"node-1", "cni-", "cni0", "10.244.1.0/24"} {
