@@ -37,6 +37,18 @@ const (
 	NodeLink = "eth1"
 	// ControlPlane is the control plane machine's name.
 	ControlPlane = "controlplane"
+	// InternetNS stands for the internet: a host on the underlay switch at
+	// InternetGatewayIP that also holds InternetHostIP, an address outside
+	// every lab network (TEST-NET-3: it never leaves the lab). Machines route
+	// InternetNet through it, so pods' egress to it is masqueraded.
+	InternetNS = "podnet-lab-internet"
+)
+
+// The "internet" of the lab.
+var (
+	InternetGatewayIP = netip.MustParseAddr("192.168.56.254")
+	InternetHostIP    = netip.MustParseAddr("203.0.113.10")
+	InternetNet       = netip.MustParsePrefix("203.0.113.0/24")
 )
 
 // MachineSpec is one machine of the lab.
@@ -82,6 +94,13 @@ func buildSwitch() error {
 		{"ip", "-n", SwitchNS, "link", "set", "host", "master", SwitchBridge, "up"},
 		{"ip", "addr", "add", netip.PrefixFrom(HostIP, Underlay.Bits()).String(), "dev", HostLink},
 		{"ip", "link", "set", HostLink, "up"},
+		{"ip", "netns", "add", InternetNS},
+		{"ip", "-n", InternetNS, "link", "set", "lo", "up"},
+		{"ip", "-n", InternetNS, "addr", "add", netip.PrefixFrom(InternetHostIP, 32).String(), "dev", "lo"},
+		{"ip", "link", "add", "name", "eth0", "netns", InternetNS, "type", "veth", "peer", "name", "internet", "netns", SwitchNS},
+		{"ip", "-n", SwitchNS, "link", "set", "internet", "master", SwitchBridge, "up"},
+		{"ip", "-n", InternetNS, "addr", "add", netip.PrefixFrom(InternetGatewayIP, Underlay.Bits()).String(), "dev", "eth0"},
+		{"ip", "-n", InternetNS, "link", "set", "eth0", "up"},
 	}
 	for _, s := range steps {
 		if err := sh(s...); err != nil {
@@ -98,6 +117,7 @@ func plug(m MachineSpec) error {
 		{"ip", "-n", SwitchNS, "link", "set", m.Name, "master", SwitchBridge, "up"},
 		{"ip", "-n", m.Name, "addr", "add", netip.PrefixFrom(m.IP, Underlay.Bits()).String(), "dev", NodeLink},
 		{"ip", "-n", m.Name, "link", "set", NodeLink, "up"},
+		{"ip", "-n", m.Name, "route", "add", InternetNet.String(), "via", InternetGatewayIP.String(), "dev", NodeLink},
 	}
 	for _, s := range steps {
 		if err := sh(s...); err != nil {
@@ -116,9 +136,11 @@ func unplugSwitch() error {
 			errs = append(errs, err.Error())
 		}
 	}
-	if nsExists(SwitchNS) {
-		if err := sh("ip", "netns", "del", SwitchNS); err != nil {
-			errs = append(errs, err.Error())
+	for _, ns := range []string{InternetNS, SwitchNS} {
+		if nsExists(ns) {
+			if err := sh("ip", "netns", "del", ns); err != nil {
+				errs = append(errs, err.Error())
+			}
 		}
 	}
 	if len(errs) > 0 {

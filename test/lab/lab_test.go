@@ -143,6 +143,8 @@ func TestLab(t *testing.T) {
 
 	t.Run("cross-node traffic (vxlan)", func(t *testing.T) { crossNode(t, e) })
 
+	t.Run("egress masquerade", func(t *testing.T) { egress(t, e) })
+
 	t.Run("podnetd health and metrics", func(t *testing.T) {
 		out := e.onNode("node-1", "curl -s 127.0.0.1:9965/healthz; curl -s 127.0.0.1:9965/metrics | grep -E '^podnet_(sync_duration_seconds_count|remote_nodes) '")
 		if !strings.HasPrefix(out, "ok\n") || !strings.Contains(out, "podnet_remote_nodes 2") || !strings.Contains(out, "podnet_sync_duration_seconds_count") {
@@ -209,7 +211,7 @@ func TestLab(t *testing.T) {
 		t.Fatalf("lab down: %v\n%s", err, out)
 	}
 	t.Run("down leaves nothing", func(t *testing.T) {
-		for _, ns := range []string{"controlplane", "node-1", "node-2", lab.SwitchNS} {
+		for _, ns := range []string{"controlplane", "node-1", "node-2", lab.SwitchNS, lab.InternetNS} {
 			if _, err := os.Stat("/var/run/netns/" + ns); err == nil {
 				t.Errorf("network namespace %s left", ns)
 			}
