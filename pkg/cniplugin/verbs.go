@@ -152,21 +152,12 @@ func builtinAddrs(b *netconf.Builtin, got []ipam.Reservation) (addrs, gws []neti
 // ipConfigPlan reads an IPAM result's address and gateway; a result with no
 // gateway gets the subnet's first address, as the built-in IPAM defaults.
 func ipConfigPlan(ipc *current.IPConfig) (netip.Prefix, netip.Prefix) {
-	a, _ := prefixOf(&ipc.Address)
+	a, _ := wire.PrefixOf(&ipc.Address)
 	gw, ok := netip.AddrFromSlice(ipc.Gateway)
 	if !ok {
 		gw = a.Masked().Addr().Next()
 	}
 	return a, netip.PrefixFrom(gw.Unmap(), a.Bits())
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
 // routesFor turns configured routes into pod routes (a route with no gw goes
@@ -182,7 +173,7 @@ func routesFor(conf []*types.Route, gws []netip.Prefix, defaultGW bool) []wire.R
 	var out []wire.Route
 	hasDefault := map[bool]bool{}
 	for _, r := range conf {
-		dst, ok := prefixOf(&r.Dst)
+		dst, ok := wire.PrefixOf(&r.Dst)
 		if !ok {
 			continue
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/podnet/podnet/pkg/ipam"
+	"github.com/podnet/podnet/pkg/wire"
 )
 
 const (
@@ -252,7 +253,7 @@ func (e *env) wantNothingLeaked(t *testing.T) {
 
 func mustPrefix(t *testing.T, n net.IPNet) netip.Prefix {
 	t.Helper()
-	p, ok := prefixOf(&n)
+	p, ok := wire.PrefixOf(&n)
 	if !ok {
 		t.Fatalf("bad address %v", n)
 	}

@@ -177,14 +177,12 @@ func (a *Agent) setupFor(ctx context.Context, self *corev1.Node) error {
 	if !ok {
 		return fmt.Errorf("node %s has no InternalIP address", a.cfg.NodeName)
 	}
-	link, err := linkHolding(ip)
+	link, segment, err := underlay(ip)
 	if err != nil {
 		return err
 	}
 	a.local = backend.Local{Node: a.cfg.NodeName, PodCIDR: cidr, NodeIP: ip, Link: link}
-	if a.noMasq, err = segmentOf(link, ip); err != nil {
-		return err
-	}
+	a.noMasq = segment
 	if a.masq == nil {
 		nft, err := knftables.New(masq.Family, masq.TableName)
 		if err != nil {
@@ -232,41 +230,24 @@ func internalIP(n *corev1.Node) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// linkHolding finds the interface that holds ip.
-func linkHolding(ip netip.Addr) (string, error) {
+// underlay finds the interface that holds ip and the network of that
+// address there (the node network), in one address dump.
+func underlay(ip netip.Addr) (string, netip.Prefix, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
-		return "", fmt.Errorf("list addresses: %w", err)
+		return "", netip.Prefix{}, fmt.Errorf("list addresses: %w", err)
 	}
 	for _, ad := range addrs {
 		if a, ok := netip.AddrFromSlice(ad.IP); ok && a.Unmap() == ip {
 			l, err := netlink.LinkByIndex(ad.LinkIndex)
 			if err != nil {
-				return "", err
+				return "", netip.Prefix{}, fmt.Errorf("look up the interface holding %s: %w", ip, err)
 			}
-			return l.Attrs().Name, nil
-		}
-	}
-	return "", fmt.Errorf("no interface holds the node address %s", ip)
-}
-
-// segmentOf returns the network of the address ip on link.
-func segmentOf(link string, ip netip.Addr) (netip.Prefix, error) {
-	l, err := netlink.LinkByName(link)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("look up %s: %w", link, err)
-	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("list addresses of %s: %w", link, err)
-	}
-	for _, ad := range addrs {
-		if a, ok := netip.AddrFromSlice(ad.IP); ok && a.Unmap() == ip {
 			ones, _ := ad.Mask.Size()
-			return netip.PrefixFrom(ip, ones).Masked(), nil
+			return l.Attrs().Name, netip.PrefixFrom(ip, ones).Masked(), nil
 		}
 	}
-	return netip.Prefix{}, fmt.Errorf("%s does not hold %s", link, ip)
+	return "", netip.Prefix{}, fmt.Errorf("no interface holds the node address %s", ip)
 }
 
 // annotate publishes the node's facts.

@@ -132,14 +132,15 @@ func addrSet(h netlinksafe.Handle, l netlink.Link) (map[netip.Prefix]bool, error
 	}
 	out := map[netip.Prefix]bool{}
 	for _, a := range addrs {
-		if p, ok := prefixOf(a.IPNet); ok {
+		if p, ok := PrefixOf(a.IPNet); ok {
 			out[p] = true
 		}
 	}
 	return out, nil
 }
 
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+// PrefixOf converts a netlink address to a prefix (IPv4-mapped unmapped).
+func PrefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	if n == nil {
 		return netip.Prefix{}, false
 	}

@@ -58,7 +58,7 @@ func (Netlink) Verify(p Pod, podMAC net.HardwareAddr) error {
 	}
 	have := map[netip.Prefix]bool{}
 	for _, a := range addrs {
-		if pf, ok := prefixOf(a.IPNet); ok {
+		if pf, ok := PrefixOf(a.IPNet); ok {
 			have[pf] = true
 		}
 	}
@@ -113,7 +113,7 @@ func hasRoute(routes []netlink.Route, want Route) bool {
 	for _, r := range routes {
 		dst := netip.Prefix{}
 		if r.Dst != nil {
-			dst, _ = prefixOf(r.Dst)
+			dst, _ = PrefixOf(r.Dst)
 		} else if want.Dst.Bits() == 0 {
 			dst = want.Dst // the kernel reports a default route with no Dst
 		}

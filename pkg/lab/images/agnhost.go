@@ -61,13 +61,8 @@ func runAgnhost(ctx context.Context, args []string, stdout, stderr io.Writer) in
 // does, and writes no termination-log file.
 func runAgnhostPause(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("pause", stderr)
-	rest, err := parseArgs(fs, args)
-	if err != nil {
-		return flagExit(err)
-	}
-	if len(rest) > 0 {
-		fmt.Fprintf(stderr, "Error: accepts at most 0 arg(s), received %d\n", len(rest))
-		return 1
+	if code, ok := parseNoArgs(fs, args, stderr); !ok {
+		return code
 	}
 	fmt.Fprintln(stdout, "Paused")
 	fmt.Fprintln(stdout, "Signals registered")
@@ -191,13 +186,8 @@ func runServeHostname(ctx context.Context, args []string, logger *log.Logger, st
 	doHTTP := fs.Bool("http", true, "Serve HTTP.")
 	doClose := fs.Bool("close", false, "Close connection per each HTTP request.")
 	port := fs.Int("port", 9376, "Port number.")
-	rest, err := parseArgs(fs, args)
-	if err != nil {
-		return flagExit(err)
-	}
-	if len(rest) > 0 {
-		fmt.Fprintf(stderr, "Error: accepts at most 0 arg(s), received %d\n", len(rest))
-		return 1
+	if code, ok := parseNoArgs(fs, args, stderr); !ok {
+		return code
 	}
 	if *doHTTP && (*doTCP || *doUDP) {
 		logger.Print("Can't server TCP/UDP mode and HTTP mode at the same time")

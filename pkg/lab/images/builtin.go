@@ -121,6 +121,20 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // flagExit is the exit code for a flag parsing error: 0 for -h/--help (the
 // usage is already printed), 1 otherwise.
+// parseNoArgs parses flags of a subcommand that takes no positional
+// argument, as agnhost's do; ok is false when the caller must exit with code.
+func parseNoArgs(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, ok bool) {
+	rest, err := parseArgs(fs, args)
+	if err != nil {
+		return flagExit(err), false
+	}
+	if len(rest) > 0 {
+		fmt.Fprintf(stderr, "Error: accepts at most 0 arg(s), received %d\n", len(rest))
+		return 1, false
+	}
+	return 0, true
+}
+
 func flagExit(err error) int {
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

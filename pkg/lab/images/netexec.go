@@ -43,13 +43,8 @@ func runNetexec(ctx context.Context, args []string, logger *log.Logger, stderr i
 	override := fs.String("http-override", "", "Override the HTTP handler to always respond as if it were a GET with this path & params")
 	udpAddresses := fs.String("udp-listen-addresses", "", "A comma separated list of ip addresses the udp servers listen from")
 	delayShutdown := fs.Int("delay-shutdown", 0, "Number of seconds to delay shutdown when receiving SIGTERM.")
-	rest, err := parseArgs(fs, args)
-	if err != nil {
-		return flagExit(err)
-	}
-	if len(rest) > 0 {
-		fmt.Fprintf(stderr, "Error: accepts at most 0 arg(s), received %d\n", len(rest))
-		return 1
+	if code, ok := parseNoArgs(fs, args, stderr); !ok {
+		return code
 	}
 
 	n := &netexec{

@@ -25,6 +25,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/podnet/podnet/pkg/lab/cgroup"
 )
 
 // Machine is one lab machine.
@@ -98,7 +100,7 @@ func (m *Machine) Create() (err error) {
 	// A fresh sysfs hides the host's cgroup mounts; the machine gets the
 	// cgroup v2 hierarchy back at the host's path, so cgroup paths mean the
 	// same on the machine and on the host.
-	if cg, err := cgroupMount(); err == nil {
+	if cg, err := cgroup.Mount(); err == nil {
 		if cg == "/sys/fs/cgroup" {
 			script = append(script, "mount -t cgroup2 cgroup2 /sys/fs/cgroup")
 		} else {
@@ -178,25 +180,6 @@ func ReleaseNSDir(stateDir string) error {
 		return run("umount", "-l", dir)
 	}
 	return nil
-}
-
-// cgroupMount is where the host mounts the cgroup v2 hierarchy.
-func cgroupMount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && strings.HasPrefix(fields[4], "/sys/fs/cgroup") {
-				return fields[4], nil
-			}
-		}
-	}
-	return "", errors.New("no cgroup v2 mount")
 }
 
 // mounted reports whether path is a mount point in the host's mount table.
