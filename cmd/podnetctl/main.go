@@ -19,7 +19,7 @@ import (
 
 const usage = `podnetctl — podnet's command line
 
-  podnetctl lab up [--workers N] [--backend vxlan|host-gw|hybrid]
+  podnetctl lab up [--workers N] [--far-workers N] [--backend vxlan|host-gw|hybrid]
                                    build a Kubernetes cluster of network namespaces on this machine
   podnetctl lab down               remove everything the lab made (safe to run twice, and after a crash)
   podnetctl lab status             machines, components, nodes and where the logs are
@@ -61,6 +61,7 @@ func run(args []string) error {
 	dir := fs.String("dir", envOr("PODNET_LAB_DIR", lab.DefaultStateDir), "lab state directory")
 	k8sDir := fs.String("k8s-dir", envOr("PODNET_K8S_DIR", lab.DefaultK8sDir()), "directory of the Kubernetes binaries")
 	workers := fs.Int("workers", 2, "number of worker nodes")
+	far := fs.Int("far-workers", 0, "put the last N workers on a second underlay segment, 192.168.57.0/24, behind a router (for hybrid)")
 	backend := fs.String("backend", "vxlan", "cross-node backend: vxlan, host-gw or hybrid")
 	if err := fs.Parse(rest); err != nil {
 		return err
@@ -74,6 +75,9 @@ func run(args []string) error {
 		if *workers < 1 || *workers > 50 {
 			return fmt.Errorf("--workers %d: give between 1 and 50", *workers)
 		}
+		if *far < 0 || *far > *workers {
+			return fmt.Errorf("--far-workers %d: give between 0 and --workers (%d)", *far, *workers)
+		}
 		switch *backend {
 		case "vxlan", "host-gw", "hybrid":
 		default:
@@ -82,7 +86,7 @@ func run(args []string) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		self, _ := os.Executable()
-		l := lab.New(lab.Options{Workers: *workers, Backend: *backend, Dir: *dir, K8sDir: *k8sDir,
+		l := lab.New(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir,
 			PluginDir:    filepath.Dir(self),
 			RefPluginDir: envOr("PODNET_REF_CNI_DIR", "/var/cache/podnet/cni-plugins/v1.9.1"), NodeAgent: []string{self, "lab", "node-agent"}, Out: os.Stdout})
 		if err := l.Up(ctx); err != nil {

@@ -26,7 +26,10 @@ const CgroupName = "podnet-lab"
 // Options configure a lab.
 type Options struct {
 	Workers int
-	Backend string
+	// FarWorkers of the workers (the last ones) sit on a second underlay
+	// segment behind a router.
+	FarWorkers int
+	Backend    string
 	// Dir is the state directory (DefaultStateDir when empty).
 	Dir string
 	// K8sDir holds kube-apiserver, kube-controller-manager, kube-scheduler
@@ -127,7 +130,7 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 			st.Phase, st.Created.Format(time.RFC3339))
 	}
 	start := time.Now()
-	st := State{Created: start.UTC(), Backend: l.opts.Backend, Machines: Machines(l.opts.Workers), K8sDir: l.opts.K8sDir, Phase: "building"}
+	st := State{Created: start.UTC(), Backend: l.opts.Backend, Machines: Machines(l.opts.Workers, l.opts.FarWorkers), K8sDir: l.opts.K8sDir, Phase: "building"}
 	for _, d := range []string{l.dir, l.LogDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
@@ -153,11 +156,18 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 	if err := buildSwitch(); err != nil {
 		return err
 	}
+	far := hasFar(st.Machines)
+	if far {
+		l.say("second segment %s: switch netns %s, router %s (%s, %s)", FarUnderlay, FarSwitchNS, RouterNS, RouterIP, RouterFarIP)
+		if err := buildRouter(); err != nil {
+			return err
+		}
+	}
 	for _, ms := range st.Machines {
 		if err := machine.New(l.dir, ms.Name).Create(); err != nil {
 			return err
 		}
-		if err := plug(ms); err != nil {
+		if err := plug(ms, far); err != nil {
 			return err
 		}
 		l.say("machine %-12s %s on %s", ms.Name, ms.IP, NodeLink)

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,7 +36,7 @@ func TestUpSaysWhatIsMissing(t *testing.T) {
 
 // TestMachinesFollowTheSeeds: the addresses of seed 003.
 func TestMachinesFollowTheSeeds(t *testing.T) {
-	ms := Machines(2)
+	ms := Machines(2, 0)
 	want := []string{"controlplane 192.168.56.10", "node-1 192.168.56.11", "node-2 192.168.56.12"}
 	if len(ms) != len(want) {
 		t.Fatalf("%d machines", len(ms))
@@ -47,6 +48,23 @@ func TestMachinesFollowTheSeeds(t *testing.T) {
 	}
 	if !ms[0].ControlPlane || ms[1].ControlPlane {
 		t.Error("only the first machine is the control plane")
+	}
+}
+
+// TestFarWorkersSitOnTheSecondSegment: the last workers move to
+// 192.168.57.0/24 and keep their numbers.
+func TestFarWorkersSitOnTheSecondSegment(t *testing.T) {
+	var got []string
+	for _, m := range Machines(3, 1) {
+		got = append(got, fmt.Sprintf("%s %s %s", m.Name, m.IP, m.Segment()))
+	}
+	want := []string{"controlplane 192.168.56.10 192.168.56.0/24", "node-1 192.168.56.11 192.168.56.0/24",
+		"node-2 192.168.56.12 192.168.56.0/24", "node-3 192.168.57.13 192.168.57.0/24"}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Fatalf("machines %q, want %q", got, want)
+	}
+	if hasFar(Machines(3, 0)) || !hasFar(Machines(3, 1)) {
+		t.Error("hasFar disagrees with the far count")
 	}
 }
 

@@ -51,6 +51,25 @@ var (
 	InternetNet       = netip.MustParsePrefix("203.0.113.0/24")
 )
 
+// The lab's second underlay segment (`lab up --far-workers N`): a second
+// switch joined to the first by a router, so that some nodes are not on
+// the others' L2 segment — what hybrid routes around with VXLAN and
+// host-gw refuses.
+var (
+	FarUnderlay = netip.MustParsePrefix("192.168.57.0/24")
+	// RouterIP is the router's address on the first segment, RouterFarIP
+	// on the second.
+	RouterIP    = netip.MustParseAddr("192.168.56.253")
+	RouterFarIP = netip.MustParseAddr("192.168.57.254")
+)
+
+const (
+	// FarSwitchNS is the network namespace of the second segment's switch.
+	FarSwitchNS = "podnet-lab-switch2"
+	// RouterNS is the router between the two segments.
+	RouterNS = "podnet-lab-router"
+)
+
 // MachineSpec is one machine of the lab.
 type MachineSpec struct {
 	Name string     `json:"name"`
@@ -58,17 +77,41 @@ type MachineSpec struct {
 	// ControlPlane marks the machine running etcd and the control plane
 	// components; it is also a (tainted) node.
 	ControlPlane bool `json:"controlPlane,omitempty"`
+	// Far puts the machine on the second segment (FarUnderlay), behind the
+	// router.
+	Far bool `json:"far,omitempty"`
 }
 
-// Machines returns the lab's machines for n workers.
-func Machines(workers int) []MachineSpec {
+// Segment is the underlay network the machine's eth1 is on.
+func (m MachineSpec) Segment() netip.Prefix {
+	if m.Far {
+		return FarUnderlay
+	}
+	return Underlay
+}
+
+// Machines returns the lab's machines for n workers, the last far of them
+// on the second segment (node-N keeps its number: 192.168.57.(10+N)).
+func Machines(workers, far int) []MachineSpec {
 	ms := []MachineSpec{{Name: ControlPlane, IP: ControlPlaneIP, ControlPlane: true}}
-	ip := ControlPlaneIP
 	for i := 1; i <= workers; i++ {
-		ip = ip.Next()
-		ms = append(ms, MachineSpec{Name: fmt.Sprintf("node-%d", i), IP: ip})
+		m := MachineSpec{Name: fmt.Sprintf("node-%d", i), Far: i > workers-far}
+		b := m.Segment().Addr().As4()
+		b[3] = byte(ControlPlaneIP.As4()[3] + uint8(i))
+		m.IP = netip.AddrFrom4(b)
+		ms = append(ms, m)
 	}
 	return ms
+}
+
+// hasFar says whether any machine is on the second segment.
+func hasFar(ms []MachineSpec) bool {
+	for _, m := range ms {
+		if m.Far {
+			return true
+		}
+	}
+	return false
 }
 
 func sh(args ...string) error {
@@ -110,14 +153,57 @@ func buildSwitch() error {
 	return nil
 }
 
-// plug connects a machine to the switch with its eth1.
-func plug(m MachineSpec) error {
+// buildRouter makes the second segment's switch and the router joining it
+// to the first (forwarding, no NAT): machines on either side route the
+// other segment through it, and the internet host routes the second
+// segment back through it.
+func buildRouter() error {
 	steps := [][]string{
-		{"ip", "link", "add", "name", NodeLink, "netns", m.Name, "type", "veth", "peer", "name", m.Name, "netns", SwitchNS},
-		{"ip", "-n", SwitchNS, "link", "set", m.Name, "master", SwitchBridge, "up"},
-		{"ip", "-n", m.Name, "addr", "add", netip.PrefixFrom(m.IP, Underlay.Bits()).String(), "dev", NodeLink},
+		{"ip", "netns", "add", FarSwitchNS},
+		{"ip", "-n", FarSwitchNS, "link", "add", SwitchBridge, "type", "bridge"},
+		{"ip", "-n", FarSwitchNS, "link", "set", SwitchBridge, "up"},
+		{"ip", "netns", "add", RouterNS},
+		{"ip", "-n", RouterNS, "link", "set", "lo", "up"},
+		{"ip", "netns", "exec", RouterNS, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		{"ip", "link", "add", "name", "eth0", "netns", RouterNS, "type", "veth", "peer", "name", "router", "netns", SwitchNS},
+		{"ip", "link", "add", "name", "eth1", "netns", RouterNS, "type", "veth", "peer", "name", "router", "netns", FarSwitchNS},
+		{"ip", "-n", SwitchNS, "link", "set", "router", "master", SwitchBridge, "up"},
+		{"ip", "-n", FarSwitchNS, "link", "set", "router", "master", SwitchBridge, "up"},
+		{"ip", "-n", RouterNS, "addr", "add", netip.PrefixFrom(RouterIP, Underlay.Bits()).String(), "dev", "eth0"},
+		{"ip", "-n", RouterNS, "addr", "add", netip.PrefixFrom(RouterFarIP, FarUnderlay.Bits()).String(), "dev", "eth1"},
+		{"ip", "-n", RouterNS, "link", "set", "eth0", "up"},
+		{"ip", "-n", RouterNS, "link", "set", "eth1", "up"},
+		{"ip", "-n", RouterNS, "route", "add", InternetNet.String(), "via", InternetGatewayIP.String(), "dev", "eth0"},
+		{"ip", "-n", InternetNS, "route", "add", FarUnderlay.String(), "via", RouterIP.String(), "dev", "eth0"},
+	}
+	for _, s := range steps {
+		if err := sh(s...); err != nil {
+			return fmt.Errorf("build the second segment and its router: %w", err)
+		}
+	}
+	return nil
+}
+
+// plug connects a machine to its segment's switch with its eth1; with a
+// second segment, the other segment is routed through the router.
+func plug(m MachineSpec, far bool) error {
+	sw, gw, other := SwitchNS, InternetGatewayIP, FarUnderlay
+	if m.Far {
+		sw, gw, other = FarSwitchNS, RouterFarIP, Underlay
+	}
+	steps := [][]string{
+		{"ip", "link", "add", "name", NodeLink, "netns", m.Name, "type", "veth", "peer", "name", m.Name, "netns", sw},
+		{"ip", "-n", sw, "link", "set", m.Name, "master", SwitchBridge, "up"},
+		{"ip", "-n", m.Name, "addr", "add", netip.PrefixFrom(m.IP, m.Segment().Bits()).String(), "dev", NodeLink},
 		{"ip", "-n", m.Name, "link", "set", NodeLink, "up"},
-		{"ip", "-n", m.Name, "route", "add", InternetNet.String(), "via", InternetGatewayIP.String(), "dev", NodeLink},
+		{"ip", "-n", m.Name, "route", "add", InternetNet.String(), "via", gw.String(), "dev", NodeLink},
+	}
+	if far {
+		via := RouterIP
+		if m.Far {
+			via = RouterFarIP
+		}
+		steps = append(steps, []string{"ip", "-n", m.Name, "route", "add", other.String(), "via", via.String(), "dev", NodeLink})
 	}
 	for _, s := range steps {
 		if err := sh(s...); err != nil {
@@ -136,7 +222,7 @@ func unplugSwitch() error {
 			errs = append(errs, err.Error())
 		}
 	}
-	for _, ns := range []string{InternetNS, SwitchNS} {
+	for _, ns := range []string{RouterNS, FarSwitchNS, InternetNS, SwitchNS} {
 		if nsExists(ns) {
 			if err := sh("ip", "netns", "del", ns); err != nil {
 				errs = append(errs, err.Error())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,12 +37,14 @@ func crossNode(t *testing.T, e *env) {
 }
 
 // TestLabHostGW is seed 003's cross-node traceroute under host-gw: node-2's
-// gateway, node-1's underlay address, the pod — and nothing else.
+// gateway, node-1's underlay address, the pod — and nothing else. node-3
+// sits on a second segment, which host-gw cannot reach: it is refused,
+// loudly, and never routed into a black hole.
 func TestLabHostGW(t *testing.T) {
 	if testing.Short() {
 		t.Skip("lab test")
 	}
-	e := upLab(t, "--backend", "host-gw")
+	e := upLab(t, "--backend", "host-gw", "--workers", "3", "--far-workers", "1")
 	e.runPod(t, "httpd", "node-1", corev1.RestartPolicyAlways, "httpd", nil)
 	ip := e.waitRunning(t, "httpd")
 	e.runPod(t, "traceroute", "node-2", corev1.RestartPolicyNever, "busybox", []string{"traceroute", "-n", ip})
@@ -63,4 +66,34 @@ func TestLabHostGW(t *testing.T) {
 		t.Fatalf("traceroute hops %v, want %v (seed 003):\n%s", hops, want, out)
 	}
 	crossNode(t, e)
+	hostGWRefusesFar(t, e)
+}
+
+// hostGWRefusesFar: node-1 has no route to node-3's pods, says why in its
+// log, and a pod sending there gets "unreachable" at once instead of
+// waiting for a timeout.
+func hostGWRefusesFar(t *testing.T, e *env) {
+	t.Helper()
+	if r := e.onNode("node-1", "ip route show 10.244.3.0/24"); strings.TrimSpace(r) != "" {
+		t.Errorf("host-gw on node-1 routes node-3's pods although node-3 is on another segment: %s", r)
+	}
+	want := "host-gw needs nodes on one L2 segment: 192.168.57.13 is not in 192.168.56.0/24"
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(podnetdLog(t, e, "node-1"), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node-1's podnetd log does not say why node-3 is refused (want %q):\n%s", want, podnetdLog(t, e, "node-1"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.runPod(t, "far-srv", "node-3", corev1.RestartPolicyAlways, "httpd", nil)
+	ip := e.waitRunning(t, "far-srv")
+	e.runPod(t, "far-ping", "node-1", corev1.RestartPolicyNever, "busybox", []string{"ping", "-c", "1", "-W", "5", ip})
+	start := time.Now()
+	if phase := e.waitDone(t, "far-ping"); phase != corev1.PodFailed {
+		t.Fatalf("a pod on node-1 pinged node-3's pod %s under host-gw across segments (phase %s)", ip, phase)
+	}
+	out := podLogs(t, e, "far-ping")
+	if !strings.Contains(strings.ToLower(out), "unreachable") {
+		t.Errorf("ping from node-1 to node-3's pod did not report unreachable (a black hole?), took %s:\n%s", time.Since(start).Round(time.Millisecond), out)
+	}
 }
