@@ -23,7 +23,8 @@ import (
 
 // TestPodnetdVXLAN runs podnetd under the vxlan backend on one lab and
 // checks what it promises: the facts it publishes, the pod MTU, drift
-// repair (kernel and annotations), a restart that drops nothing, a deleted
+// repair (kernel and annotations), a restart that drops nothing, an API
+// server outage that changes nothing, a deleted
 // node's state gone within a second or two, and the node whole again once
 // it registers anew. Node deletion goes last: it takes node-2 away.
 func TestPodnetdVXLAN(t *testing.T) {
@@ -37,6 +38,7 @@ func TestPodnetdVXLAN(t *testing.T) {
 	t.Run("mtu", func(t *testing.T) { podnetdMTU(t, e, target) })
 	t.Run("drift repair", func(t *testing.T) { podnetdDrift(t, e) })
 	t.Run("restart without loss", func(t *testing.T) { podnetdRestart(t, e, target) })
+	t.Run("API server unreachable", func(t *testing.T) { podnetdAPIDown(t, e, target) })
 	t.Run("node deletion", func(t *testing.T) { podnetdNodeDeletion(t, e, target) })
 }
 
