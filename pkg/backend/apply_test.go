@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,28 +16,65 @@ import (
 // Unit tests of apply (the diff and its order) on fakeDataplane, and of
 // what the backends do without the kernel. No root.
 
-// fakeDataplane is an in-memory kernel for apply: main-table routes, and
-// neighbours and FDB entries per link, with the kernel's replace and
-// delete semantics, and a log of every call that changes something.
+// fakeDataplane is an in-memory kernel for apply: routes (the main table
+// unless Table says otherwise), neighbours and FDB entries per link, and
+// links, with the kernel's add, replace and delete semantics — a replace
+// overwrites whatever route has the destination and metric, whoever made
+// it — and a log of every call that changes something.
 type fakeDataplane struct {
 	routes []netlink.Route
 	neighs []netlink.Neigh // FAMILY_V4 and AF_BRIDGE
+	links  []netlink.Link
 	calls  []string
 	lists  int
-	// failReplace makes RouteReplace of these destinations fail.
+	// failReplace makes RouteAdd and RouteReplace of these destinations fail.
 	failReplace map[string]error
 	// interrupt makes the next n NeighList calls return ErrDumpInterrupted.
 	interrupt int
 }
 
+// tableOf is a route's table, the main one when unset.
+func tableOf(r netlink.Route) int {
+	if r.Table == 0 {
+		return unix.RT_TABLE_MAIN
+	}
+	return r.Table
+}
+
+// sameKey is the kernel's identity of an IPv4 route: table, destination,
+// TOS and metric.
+func sameKey(a, b netlink.Route) bool {
+	return tableOf(a) == tableOf(b) && a.Dst.String() == b.Dst.String() && a.Tos == b.Tos && a.Priority == b.Priority
+}
+
+// RouteListFiltered lists the main table, or with RT_FILTER_TABLE the
+// filter's table (any when unset), as netlink does.
 func (f *fakeDataplane) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
 	var out []netlink.Route
 	for _, r := range f.routes {
-		if mask&netlink.RT_FILTER_PROTOCOL == 0 || r.Protocol == filter.Protocol {
+		switch {
+		case mask&netlink.RT_FILTER_TABLE == 0 && tableOf(r) != unix.RT_TABLE_MAIN:
+		case mask&netlink.RT_FILTER_TABLE != 0 && filter.Table != 0 && tableOf(r) != filter.Table:
+		case mask&netlink.RT_FILTER_PROTOCOL != 0 && r.Protocol != filter.Protocol:
+		default:
 			out = append(out, r)
 		}
 	}
 	return out, nil
+}
+
+func (f *fakeDataplane) RouteAdd(r *netlink.Route) error {
+	f.calls = append(f.calls, fmt.Sprintf("add route %s via %s dev %d", r.Dst, r.Gw, r.LinkIndex))
+	if err := f.failReplace[r.Dst.String()]; err != nil {
+		return err
+	}
+	for _, h := range f.routes {
+		if sameKey(h, *r) {
+			return unix.EEXIST
+		}
+	}
+	f.routes = append(f.routes, *r)
+	return nil
 }
 
 func (f *fakeDataplane) RouteReplace(r *netlink.Route) error {
@@ -45,7 +83,7 @@ func (f *fakeDataplane) RouteReplace(r *netlink.Route) error {
 		return err
 	}
 	for i, h := range f.routes {
-		if h.Dst.String() == r.Dst.String() && h.Priority == r.Priority {
+		if sameKey(h, *r) {
 			f.routes[i] = *r
 			return nil
 		}
@@ -54,15 +92,51 @@ func (f *fakeDataplane) RouteReplace(r *netlink.Route) error {
 	return nil
 }
 
+// RouteDel deletes the first route with the key and, where the request
+// names them, the gateway and protocol.
 func (f *fakeDataplane) RouteDel(r *netlink.Route) error {
 	f.calls = append(f.calls, fmt.Sprintf("delete route %s via %s", r.Dst, r.Gw))
 	for i, h := range f.routes {
-		if h.Dst.String() == r.Dst.String() && h.Priority == r.Priority && (r.Gw == nil || h.Gw.Equal(r.Gw)) {
+		if sameKey(h, *r) && (r.Gw == nil || h.Gw.Equal(r.Gw)) && (r.Protocol == 0 || h.Protocol == r.Protocol) {
 			f.routes = append(f.routes[:i], f.routes[i+1:]...)
 			return nil
 		}
 	}
 	return unix.ESRCH
+}
+
+func (f *fakeDataplane) LinkByIndex(index int) (netlink.Link, error) {
+	for _, l := range f.links {
+		if l.Attrs().Index == index {
+			return l, nil
+		}
+	}
+	return nil, unix.ENODEV
+}
+
+func (f *fakeDataplane) LinkByName(name string) (netlink.Link, error) {
+	for _, l := range f.links {
+		if l.Attrs().Name == name {
+			return l, nil
+		}
+	}
+	return nil, fmt.Errorf("link %s: %w", name, unix.ENODEV)
+}
+
+// LinkDel deletes a link and, as the kernel does, its neighbours, FDB
+// entries and the routes through it.
+func (f *fakeDataplane) LinkDel(l netlink.Link) error {
+	f.calls = append(f.calls, "delete link "+l.Attrs().Name)
+	idx := l.Attrs().Index
+	for i, h := range f.links {
+		if h.Attrs().Index == idx {
+			f.links = append(f.links[:i], f.links[i+1:]...)
+			f.routes = slices.DeleteFunc(f.routes, func(r netlink.Route) bool { return r.LinkIndex == idx })
+			f.neighs = slices.DeleteFunc(f.neighs, func(n netlink.Neigh) bool { return n.LinkIndex == idx })
+			return nil
+		}
+	}
+	return unix.ENODEV
 }
 
 func (f *fakeDataplane) NeighList(link, family int) ([]netlink.Neigh, error) {
@@ -153,7 +227,7 @@ func firstDelete(calls []string) int {
 
 func TestApplyFromEmptyThenIdempotent(t *testing.T) {
 	f := &fakeDataplane{}
-	want := desiredVXLAN(testNode(), []Remote{remote(2, "192.168.56.12", false), remote(3, "192.168.56.13", false)})
+	want := desiredVXLAN(testNode(), []Remote{remote(2, "192.168.56.12", false), remote(3, "192.168.56.13", false)}, nil)
 	res, err := apply(f, testVTEP, want)
 	if err != nil || res.Added != 6 || res.Removed != 0 {
 		t.Fatalf("first apply: %+v, %v; want 6 added", res, err)
@@ -178,8 +252,8 @@ func TestApplyFromEmptyThenIdempotent(t *testing.T) {
 func TestApplyStaleLast(t *testing.T) {
 	n2, n3, n4 := remote(2, "192.168.56.12", false), remote(3, "192.168.56.13", false), remote(4, "192.168.56.14", false)
 	f := &fakeDataplane{}
-	f.load(desiredVXLAN(testNode(), []Remote{n2, n3}))
-	res, err := apply(f, testVTEP, desiredVXLAN(testNode(), []Remote{n2, n4}))
+	f.load(desiredVXLAN(testNode(), []Remote{n2, n3}, nil))
+	res, err := apply(f, testVTEP, desiredVXLAN(testNode(), []Remote{n2, n4}, nil))
 	if err != nil || res.Added != 3 || res.Removed != 3 {
 		t.Fatalf("apply: %+v, %v; want 3 added (node-4), 3 removed (node-3)", res, err)
 	}
@@ -207,8 +281,8 @@ func TestApplyOwnsOnlyPodnet(t *testing.T) {
 		vtep int
 		want state
 	}{
-		{"vxlan", testVTEP, desiredVXLAN(testNode(), nil)},
-		{"host-gw", 0, desiredHostGW(testNode(), nil)},
+		{"vxlan", testVTEP, desiredVXLAN(testNode(), nil, nil)},
+		{"host-gw", 0, desiredHostGW(testNode(), nil, nil)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeDataplane{routes: []netlink.Route{foreignRoute}, neighs: []netlink.Neigh{foreignNeigh, foreignFDB}}
@@ -234,14 +308,14 @@ func TestApplyReplaceInPlace(t *testing.T) {
 	old.VTEPMAC = net.HardwareAddr{0x0e, 0x58, 1, 2, 3, 4}
 	old.NodeIP = netip.MustParseAddr("192.168.56.42")
 	f := &fakeDataplane{}
-	f.load(desiredVXLAN(testNode(), []Remote{old}))
+	f.load(desiredVXLAN(testNode(), []Remote{old}, nil))
 	f.routes[0].Gw = net.IPv4(10, 244, 2, 9) // and a wrong next hop
-	res, err := apply(f, testVTEP, desiredVXLAN(testNode(), []Remote{n2}))
+	res, err := apply(f, testVTEP, desiredVXLAN(testNode(), []Remote{n2}, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	again := &fakeDataplane{}
-	again.load(desiredVXLAN(testNode(), []Remote{n2}))
+	again.load(desiredVXLAN(testNode(), []Remote{n2}, nil))
 	if fmt.Sprint(f.routes) != fmt.Sprint(again.routes) || len(f.neighs) != 2 {
 		t.Errorf("after apply:\n%v\n%v\nwant\n%v\n%v", f.routes, f.neighs, again.routes, again.neighs)
 	}
@@ -260,9 +334,9 @@ func TestApplyReplaceInPlace(t *testing.T) {
 func TestApplyHybridMove(t *testing.T) {
 	n2 := remote(2, "192.168.57.12", false)
 	f := &fakeDataplane{}
-	f.load(desiredHybrid(testNode(), []Remote{n2}))
+	f.load(desiredHybrid(testNode(), []Remote{n2}, nil))
 	n2.NodeIP = netip.MustParseAddr("192.168.56.12") // now on this segment
-	res, err := apply(f, testVTEP, desiredHybrid(testNode(), []Remote{n2}))
+	res, err := apply(f, testVTEP, desiredHybrid(testNode(), []Remote{n2}, nil))
 	if err != nil || res.Added != 1 || res.Removed != 2 {
 		t.Fatalf("%+v, %v; want 1 route written, neighbour and FDB entry removed", res, err)
 	}
@@ -280,8 +354,8 @@ func TestApplyHybridMove(t *testing.T) {
 func TestApplyWriteErrorKeepsStale(t *testing.T) {
 	n2, n3, n4 := remote(2, "192.168.56.12", true), remote(3, "192.168.56.13", true), remote(4, "192.168.56.14", true)
 	f := &fakeDataplane{failReplace: map[string]error{"10.244.3.0/24": unix.ENETUNREACH}}
-	f.load(desiredHostGW(testNode(), []Remote{n4}))
-	res, err := apply(f, 0, desiredHostGW(testNode(), []Remote{n2, n3}))
+	f.load(desiredHostGW(testNode(), []Remote{n4}, nil))
+	res, err := apply(f, 0, desiredHostGW(testNode(), []Remote{n2, n3}, nil))
 	if err == nil || !strings.Contains(err.Error(), "add route 10.244.3.0/24 via 192.168.56.13") || !errors.Is(err, unix.ENETUNREACH) {
 		t.Fatalf("err = %v", err)
 	}

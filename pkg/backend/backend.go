@@ -5,8 +5,10 @@
 // Backend is level-triggered: Sync gets the whole set of remote nodes and
 // makes the kernel hold exactly that, adding what is missing first and
 // deleting podnet's stale objects last. It only ever touches what it owns:
-// routes with RouteProtocol, and neighbours and FDB entries on its own
-// VXLAN device.
+// routes with RouteProtocol, its own VXLAN device (which host-gw deletes
+// when a node switches to it from an overlay backend), and neighbours and
+// FDB entries on that device. A route podnet did not make to exactly a
+// remote's pod subnet is never overwritten: that remote is refused.
 //
 // Each Sync computes the whole desired state with pure functions
 // (desired.go: desiredVXLAN, desiredHostGW, desiredHybrid) and hands it to
@@ -69,7 +71,9 @@ type Backend interface {
 type Result struct {
 	Added, Removed int
 	// Refused lists remotes the backend cannot reach, with the reason
-	// (host-gw to a node on another segment): never a black hole.
+	// (host-gw to a node on another segment; a route podnet did not make
+	// already goes to the node's pod subnet): never a black hole, and
+	// never anyone else's route overwritten.
 	Refused map[string]string
 }
 

@@ -46,7 +46,7 @@ func direct(r Remote) route {
 
 func TestDesiredVXLAN(t *testing.T) {
 	n2, n3, n4 := remote(2, "192.168.56.12", false), remote(3, "192.168.57.13", false), remote(4, "192.168.56.14", true)
-	got := desiredVXLAN(testNode(), []Remote{n3, n4, n2})
+	got := desiredVXLAN(testNode(), []Remote{n3, n4, n2}, nil)
 
 	r2, ne2, f2 := triple(n2)
 	r3, ne3, f3 := triple(n3)
@@ -70,7 +70,7 @@ func TestDesiredVXLAN(t *testing.T) {
 
 func TestDesiredHostGW(t *testing.T) {
 	n2, n3, n4 := remote(2, "192.168.56.12", true), remote(3, "192.168.57.13", false), remote(4, "192.168.56.14", false)
-	got := desiredHostGW(testNode(), []Remote{n2, n3, n4})
+	got := desiredHostGW(testNode(), []Remote{n2, n3, n4}, nil)
 	assertState(t, got, state{routes: []route{direct(n2), direct(n4)}})
 	if r := got.routes[0]; r.dst.String() != "10.244.2.0/24" || r.gw.String() != "192.168.56.12" || r.onlink || r.link != testUnderlay {
 		t.Errorf("route for node-2 = %+v, want 10.244.2.0/24 via 192.168.56.12 dev eth1", r)
@@ -91,7 +91,7 @@ func TestDesiredHybrid(t *testing.T) {
 	nearNoMAC := remote(5, "192.168.56.15", true) // direct routes need no MAC
 	far := remote(3, "192.168.57.13", false)
 	farNoMAC := remote(4, "192.168.58.14", true)
-	got := desiredHybrid(testNode(), []Remote{far, near, farNoMAC, nearNoMAC})
+	got := desiredHybrid(testNode(), []Remote{far, near, farNoMAC, nearNoMAC}, nil)
 	r3, ne3, f3 := triple(far)
 	assertState(t, got, state{routes: []route{direct(near), r3, direct(nearNoMAC)}, neighs: []neigh{ne3}, fdb: []fdbEntry{f3}})
 	if len(got.refused) != 1 || !strings.Contains(got.refused["node-4"], AnnotationVTEPMAC) {
@@ -118,13 +118,13 @@ func TestDesiredBadRemotes(t *testing.T) {
 		{"another node's subnet", Remote{Node: "z", PodCIDR: netip.MustParsePrefix("10.244.2.0/24"), NodeIP: netip.MustParseAddr("192.168.56.24"), VTEPMAC: VTEPMAC("z")}, "overlaps node node-2's"},
 		{"short MAC", Remote{Node: "f", PodCIDR: netip.MustParsePrefix("10.244.6.0/24"), NodeIP: netip.MustParseAddr("192.168.57.25"), VTEPMAC: net.HardwareAddr{}}, AnnotationVTEPMAC},
 	}
-	for name, desired := range map[string]func(node, []Remote) state{"vxlan": desiredVXLAN, "host-gw": desiredHostGW, "hybrid": desiredHybrid} {
+	for name, desired := range map[string]desiredFunc{"vxlan": desiredVXLAN, "host-gw": desiredHostGW, "hybrid": desiredHybrid} {
 		for _, c := range cases {
 			if name == "host-gw" && c.name == "short MAC" {
 				continue // host-gw needs no MAC (and refuses this one for its segment)
 			}
 			t.Run(name+"/"+c.name, func(t *testing.T) {
-				got := desired(testNode(), []Remote{good, c.r})
+				got := desired(testNode(), []Remote{good, c.r}, nil)
 				if len(got.routes) != 1 || got.routes[0].dst != good.PodCIDR {
 					t.Errorf("routes = %+v, want only node-2's", got.routes)
 				}
@@ -145,8 +145,8 @@ func TestDesiredOrderIndependent(t *testing.T) {
 	a := remote(2, "192.168.56.12", false)
 	b := remote(3, "192.168.57.13", false)
 	clash := Remote{Node: "node-0", PodCIDR: a.PodCIDR, NodeIP: netip.MustParseAddr("192.168.56.30"), VTEPMAC: VTEPMAC("node-0")}
-	one := desiredHybrid(testNode(), []Remote{a, b, clash})
-	two := desiredHybrid(testNode(), []Remote{clash, b, a})
+	one := desiredHybrid(testNode(), []Remote{a, b, clash}, nil)
+	two := desiredHybrid(testNode(), []Remote{clash, b, a}, nil)
 	if !reflect.DeepEqual(one, two) {
 		t.Errorf("order changed the state:\n%+v\n%+v", one, two)
 	}
@@ -156,7 +156,7 @@ func TestDesiredOrderIndependent(t *testing.T) {
 }
 
 func TestDesiredNoRemotes(t *testing.T) {
-	for _, s := range []state{desiredVXLAN(testNode(), nil), desiredHostGW(testNode(), nil), desiredHybrid(testNode(), nil)} {
+	for _, s := range []state{desiredVXLAN(testNode(), nil, nil), desiredHostGW(testNode(), nil, nil), desiredHybrid(testNode(), nil, nil)} {
 		if len(s.routes)+len(s.neighs)+len(s.fdb)+len(s.refused) != 0 || s.refused == nil {
 			t.Errorf("no remotes: %+v, want empty state with a non-nil refused map", s)
 		}
@@ -214,5 +214,57 @@ func assertState(t *testing.T, got, want state) {
 	}
 	if !reflect.DeepEqual(got.fdb, want.fdb) {
 		t.Errorf("fdb:\n got %+v\nwant %+v", got.fdb, want.fdb)
+	}
+}
+
+// TestDesiredForeign: a remote whose pod subnet a foreign route already
+// goes to is refused, with a reason naming the route and the fix, and
+// gets nothing (no route, neighbour or FDB entry); the others are
+// programmed. A remote refused for a reason of its own keeps that reason:
+// one claiming this node's subnet is not told to delete cni0's route.
+func TestDesiredForeign(t *testing.T) {
+	n2, n3, n5 := remote(2, "192.168.56.12", false), remote(3, "192.168.56.13", false), remote(5, "192.168.56.15", false)
+	n2.PodCIDR = netip.MustParsePrefix("10.244.2.7/24") // as published, unmasked
+	self := Remote{Node: "x", PodCIDR: testLocal.PodCIDR, NodeIP: netip.MustParseAddr("192.168.56.30"), VTEPMAC: VTEPMAC("x")}
+	foreign := foreignRoutes{
+		netip.MustParsePrefix("10.244.2.0/24"): {desc: "via 192.168.56.99 dev eth1 proto boot"},
+		netip.MustParsePrefix("10.244.5.0/24"): {desc: "dev docker1 proto kernel", connected: true},
+		netip.MustParsePrefix("10.244.1.0/24"): {desc: "dev cni0 proto kernel", connected: true},
+	}
+	const reason2 = "a route to 10.244.2.0/24 not made by podnet exists (via 192.168.56.99 dev eth1 proto boot); delete it to let podnet route node-2"
+	const reason5 = "a route to 10.244.5.0/24 not made by podnet exists (dev docker1 proto kernel); remove the address it is for to let podnet route node-5"
+	for name, desired := range map[string]desiredFunc{"vxlan": desiredVXLAN, "host-gw": desiredHostGW, "hybrid": desiredHybrid} {
+		t.Run(name, func(t *testing.T) {
+			got := desired(testNode(), []Remote{n2, n3, n5, self}, foreign)
+			if len(got.routes) != 1 || got.routes[0].dst != n3.PodCIDR {
+				t.Errorf("routes = %+v, want only node-3's", got.routes)
+			}
+			for _, n := range got.neighs {
+				if n.ip != n3.PodCIDR.Addr() {
+					t.Errorf("neighbour %+v for a refused remote", n)
+				}
+			}
+			for _, e := range got.fdb {
+				if e.dst != n3.NodeIP {
+					t.Errorf("FDB entry %+v for a refused remote", e)
+				}
+			}
+			if got.refused["node-2"] != reason2 {
+				t.Errorf("refused[node-2] = %q\nwant %q", got.refused["node-2"], reason2)
+			}
+			if got.refused["node-5"] != reason5 {
+				t.Errorf("refused[node-5] = %q\nwant %q", got.refused["node-5"], reason5)
+			}
+			if r := got.refused["x"]; !strings.Contains(r, "overlaps this node's") {
+				t.Errorf("refused[x] = %q, want its own reason (this node's subnet)", r)
+			}
+			if len(got.refused) != 3 {
+				t.Errorf("refused = %v, want node-2, node-5 and x", got.refused)
+			}
+		})
+	}
+	// Without the foreign routes, node-2 and node-5 are routed.
+	if got := desiredHostGW(testNode(), []Remote{n2, n3, n5}, nil); len(got.routes) != 3 || len(got.refused) != 0 {
+		t.Errorf("no foreign routes: %+v", got)
 	}
 }

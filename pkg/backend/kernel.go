@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
@@ -12,38 +14,152 @@ import (
 )
 
 // This file makes the kernel hold a desired state: list what podnet owns
-// now, compare (diffRoutes, diffNeighs, diffFDB: pure), write what is
-// missing or different, then delete what is stale.
+// now and the routes others hold to the remotes' pod subnets, compare
+// (diffRoutes, diffNeighs, diffFDB: pure), write what is missing or
+// different, then delete what is stale.
 
 // dataplane is the part of netlink a Sync uses. netlinksafe.Handle is one;
 // the tests have an in-memory fake.
 type dataplane interface {
 	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
+	RouteAdd(route *netlink.Route) error
 	RouteReplace(route *netlink.Route) error
 	RouteDel(route *netlink.Route) error
 	NeighList(linkIndex, family int) ([]netlink.Neigh, error)
 	NeighSet(neigh *netlink.Neigh) error
 	NeighDel(neigh *netlink.Neigh) error
+	LinkByIndex(index int) (netlink.Link, error)
+	LinkByName(name string) (netlink.Link, error)
+	LinkDel(link netlink.Link) error
 }
 
 // maxAttempts bounds retries of a netlink dump the kernel interrupted
 // (NLM_F_DUMP_INTR), as netlinksafe does.
 const maxAttempts = 5
 
-// syncState opens netlink in the calling thread's namespace and applies want.
-func syncState(vtep int, want state) (Result, error) {
+// syncState opens netlink in the calling thread's namespace and reconciles.
+func syncState(n node, remotes []Remote, desired desiredFunc) (Result, error) {
 	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return Result{Refused: want.refused}, fmt.Errorf("open netlink: %w", err)
+		return Result{}, fmt.Errorf("open netlink: %w", err)
 	}
 	defer h.Close()
-	return apply(h, vtep, want)
+	return reconcile(h, n, remotes, desired)
+}
+
+// reconcile is one Sync: it looks for foreign routes to the remotes' pod
+// subnets (each refuses its remote), computes the desired state and
+// applies it. A node without a VTEP (host-gw) then deletes the VTEP an
+// overlay backend left on it — last of all, once every route that pointed
+// into it has been replaced or deleted, so that a remote that stays never
+// loses its route, not even for the time between Setup and Sync.
+func reconcile(dp dataplane, n node, remotes []Remote, desired desiredFunc) (Result, error) {
+	foreign, err := listForeign(dp, remotes)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := apply(dp, n.vtep, desired(n, remotes, foreign))
+	if err != nil || n.vtep != 0 {
+		return res, err
+	}
+	dropped, err := dropStaleVTEP(dp)
+	if dropped {
+		res.Removed++
+	}
+	return res, err
+}
+
+// listForeign returns the routes in the main table, not made by podnet,
+// whose destination is exactly a remote's pod subnet (see foreignRoutes).
+func listForeign(dp dataplane, remotes []Remote) (foreignRoutes, error) {
+	wanted := map[netip.Prefix]bool{}
+	for _, r := range remotes {
+		if r.PodCIDR.IsValid() && r.PodCIDR.Addr().Is4() {
+			wanted[r.PodCIDR.Masked()] = true
+		}
+	}
+	if len(wanted) == 0 {
+		return nil, nil
+	}
+	routes, err := dp.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list routes of the main table: %w", err)
+	}
+	foreign := foreignRoutes{}
+	for _, r := range routes {
+		dst := prefixOf(r.Dst)
+		if r.Protocol == RouteProtocol || !wanted[dst] || (r.Table != 0 && r.Table != unix.RT_TABLE_MAIN) {
+			continue
+		}
+		if _, seen := foreign[dst]; !seen { // several (other metrics): the first names the conflict
+			foreign[dst] = foreignRoute{desc: describeRoute(dp, r), connected: r.Protocol == unix.RTPROT_KERNEL}
+		}
+	}
+	return foreign, nil
+}
+
+// describeRoute shows r as `ip route` would, without its destination:
+// "via 192.168.56.99 dev eth1 proto boot".
+func describeRoute(dp dataplane, r netlink.Route) string {
+	var f []string
+	if r.Type != 0 && r.Type != unix.RTN_UNICAST {
+		f = append(f, routeTypeName(r.Type))
+	}
+	if r.Gw != nil {
+		f = append(f, "via", r.Gw.String())
+	}
+	if r.LinkIndex > 0 {
+		f = append(f, "dev", linkName(dp, r.LinkIndex))
+	}
+	for _, nh := range r.MultiPath {
+		f = append(f, "nexthop")
+		if nh.Gw != nil {
+			f = append(f, "via", nh.Gw.String())
+		}
+		if nh.LinkIndex > 0 {
+			f = append(f, "dev", linkName(dp, nh.LinkIndex))
+		}
+	}
+	f = append(f, "proto", r.Protocol.String())
+	if r.Priority != 0 {
+		f = append(f, "metric", strconv.Itoa(r.Priority))
+	}
+	return strings.Join(f, " ")
+}
+
+func routeTypeName(t int) string {
+	switch t {
+	case unix.RTN_LOCAL:
+		return "local"
+	case unix.RTN_BROADCAST:
+		return "broadcast"
+	case unix.RTN_BLACKHOLE:
+		return "blackhole"
+	case unix.RTN_UNREACHABLE:
+		return "unreachable"
+	case unix.RTN_PROHIBIT:
+		return "prohibit"
+	case unix.RTN_THROW:
+		return "throw"
+	}
+	return fmt.Sprintf("type %d", t)
+}
+
+// linkName names an interface for a message; its index will do if the
+// lookup fails.
+func linkName(dp dataplane, index int) string {
+	if l, err := dp.LinkByIndex(index); err == nil {
+		return l.Attrs().Name
+	}
+	return fmt.Sprintf("if%d", index)
 }
 
 // apply makes podnet's objects in the kernel exactly want: its routes
 // (protocol RouteProtocol, main table) and, when vtep is not 0, every
 // neighbour and FDB entry on the VTEP (learning is off: all of them are
-// podnet's). Nothing else is listed, so nothing else is touched.
+// podnet's). Nothing else is listed, so nothing else is deleted (and a
+// delete names protocol RouteProtocol, which the kernel matches), and a
+// route is only ever replaced over podnet's own (routeWrite).
 //
 // Order matters. Everything wanted is written first, in the order a packet
 // uses it (FDB entry, neighbour, route), so that a route never points at a
@@ -86,9 +202,9 @@ func apply(dp dataplane, vtep int, want state) (Result, error) {
 		}
 		res.Added++
 	}
-	for _, r := range writeRoutes {
-		if err := dp.RouteReplace(r.netlink()); err != nil {
-			errs = append(errs, fmt.Errorf("add route %s via %s: %w", r.dst, r.gw, err))
+	for _, w := range writeRoutes {
+		if err := w.write(dp); err != nil {
+			errs = append(errs, err)
 			continue
 		}
 		res.Added++
@@ -143,11 +259,38 @@ func listNeighs(dp dataplane, link, family int) ([]netlink.Neigh, error) {
 	}
 }
 
+// routeWrite is a wanted route and how to write it: over podnet's own
+// route to that destination (replace), or where podnet has none (add).
+// Only a route podnet made is ever replaced: an add fails (EEXIST) where
+// anyone else's route to the destination is, so even a foreign route
+// created after listForeign looked is never overwritten.
+type routeWrite struct {
+	route
+	replace bool
+}
+
+func (w routeWrite) write(dp dataplane) error {
+	if w.replace {
+		if err := dp.RouteReplace(w.netlink()); err != nil {
+			return fmt.Errorf("replace route %s via %s: %w", w.dst, w.gw, err)
+		}
+		return nil
+	}
+	err := dp.RouteAdd(w.netlink())
+	if errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add route %s via %s: a route to %s not made by podnet is in the way (the next sync names it): %w", w.dst, w.gw, w.dst, err)
+	}
+	if err != nil {
+		return fmt.Errorf("add route %s via %s: %w", w.dst, w.gw, err)
+	}
+	return nil
+}
+
 // diffRoutes returns the wanted routes the kernel lacks or holds otherwise,
-// and podnet's routes (have) that nothing wants. A route to a wanted
-// destination is replaced in place (RouteReplace), so it is not stale; a
-// podnet route with a metric is, since podnet never writes one.
-func diffRoutes(want []route, have []netlink.Route) (write []route, stale []netlink.Route) {
+// and podnet's routes (have) that nothing wants. A podnet route to a wanted
+// destination is replaced in place, so it is not stale; a podnet route with
+// a metric is, since podnet never writes one.
+func diffRoutes(want []route, have []netlink.Route) (write []routeWrite, stale []netlink.Route) {
 	current := map[netip.Prefix]netlink.Route{}
 	for _, h := range have {
 		if h.Priority == 0 {
@@ -157,10 +300,11 @@ func diffRoutes(want []route, have []netlink.Route) (write []route, stale []netl
 	wanted := map[netip.Prefix]bool{}
 	for _, w := range want {
 		wanted[w.dst] = true
-		if h, ok := current[w.dst]; ok && w.matches(h) {
+		h, ok := current[w.dst]
+		if ok && w.matches(h) {
 			continue
 		}
-		write = append(write, w)
+		write = append(write, routeWrite{route: w, replace: ok})
 	}
 	for _, h := range have {
 		if h.Priority != 0 || !wanted[prefixOf(h.Dst)] {

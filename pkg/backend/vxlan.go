@@ -60,7 +60,7 @@ func (v *VXLAN) Sync(remotes []Remote) (Result, error) {
 	if v.n.vtep == 0 {
 		return Result{}, fmt.Errorf("vxlan: %w", errNotSetUp)
 	}
-	return syncState(v.n.vtep, desiredVXLAN(v.n, remotes))
+	return syncState(v.n, remotes, desiredVXLAN)
 }
 
 func overlayFacts(backend string, local Local, mtu int) Facts {
@@ -106,8 +106,40 @@ func vtepLink(local Local, under netlink.Link) *netlink.Vxlan {
 // corrected in place.
 func vtepAdoptable(have netlink.Link, want *netlink.Vxlan) bool {
 	vx, ok := have.(*netlink.Vxlan)
-	return ok && vx.VxlanId == want.VxlanId && vx.Port == want.Port && vx.SrcAddr.Equal(want.SrcAddr) &&
-		vx.VtepDevIndex == want.VtepDevIndex && !vx.Learning
+	return ok && vtepOurs(have) && vx.SrcAddr.Equal(want.SrcAddr) && vx.VtepDevIndex == want.VtepDevIndex
+}
+
+// vtepOurs reports whether l is a VTEP podnet made, on whatever underlay
+// and address: named VXLANDevice, a VXLAN device with podnet's VNI and
+// port, learning off.
+func vtepOurs(l netlink.Link) bool {
+	vx, ok := l.(*netlink.Vxlan)
+	return ok && l.Attrs().Name == VXLANDevice && vx.VxlanId == VNI && vx.Port == VXLANPort && !vx.Learning
+}
+
+// dropStaleVTEP deletes the VTEP an overlay backend (vxlan, hybrid) left on
+// a node that now runs without one (host-gw), with its neighbour and FDB
+// entries, and says whether it did. A device of that name that podnet did
+// not make (another type, VNI or port) is left alone, as is every device
+// of another name.
+func dropStaleVTEP(dp dataplane) (bool, error) {
+	l, err := dp.LinkByName(VXLANDevice)
+	var nf netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &nf) || errors.Is(err, unix.ENODEV):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("look up %s: %w", VXLANDevice, err)
+	case !vtepOurs(l):
+		return false, nil
+	}
+	if err := dp.LinkDel(l); err != nil {
+		if errors.Is(err, unix.ENODEV) {
+			return false, nil
+		}
+		return false, fmt.Errorf("delete %s (left by an overlay backend): %w", VXLANDevice, err)
+	}
+	return true, nil
 }
 
 // setupVTEP creates or adopts the VTEP and returns its index and MTU.
