@@ -6,11 +6,19 @@
 // the whole desired state and applies it, at most every minInterval and at
 // least every resync period (which repairs drift). Nothing is written to the
 // kernel before the informer has synced.
+//
+// A pass that fails — the API server does not answer, the backend or nft
+// fails — is retried with exponential backoff, sooner than the next resync.
+// Nothing is torn down meanwhile: the informer's cache keeps the last known
+// Nodes, and every pass syncs the dataplane from it, so an unreachable API
+// server freezes the dataplane as it is instead of emptying it, and the
+// agent reconverges once the server answers again.
 package podnetd
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -24,10 +32,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/tools/cache"
 
 	"sigs.k8s.io/knftables"
 
@@ -50,125 +56,142 @@ type Config struct {
 	// ClusterCIDRs are the pod networks: traffic from them to anywhere else
 	// but the node network is masqueraded.
 	ClusterCIDRs []netip.Prefix
-	// Resync is the period of full resyncs that repair drift.
+	// Resync is the period of full resyncs that repair drift (default 10s).
+	// It is also the longest delay between the retries of a failed pass.
 	Resync time.Duration
 	// Metrics is where the agent registers its metrics (none when nil).
 	Metrics prometheus.Registerer
 	Log     *slog.Logger
 }
 
-const minInterval = 100 * time.Millisecond
+const (
+	// minInterval is the shortest time between two passes, however many
+	// events arrive.
+	minInterval = 100 * time.Millisecond
+	// DefaultRetryDelay is the delay before the first retry of a failed
+	// pass; it doubles with each failure that follows, up to Config.Resync.
+	DefaultRetryDelay = 200 * time.Millisecond
+)
+
+// UnderlayFunc finds the interface that holds the node address ip and the
+// network of that address there (the node network, never masqueraded).
+type UnderlayFunc func(ip netip.Addr) (link string, segment netip.Prefix, err error)
+
+// Option changes how New builds an Agent. The options are the agent's
+// seams to the kernel: tests replace each with a fake.
+type Option func(*Agent)
+
+// WithBackend makes the agent program be instead of the backend that
+// Config.Backend names (which then only names it in logs).
+func WithBackend(be backend.Backend) Option { return func(a *Agent) { a.be = be } }
+
+// WithNFTables makes the egress masquerade work through nft, which must be
+// bound to (masq.Family, masq.TableName) — knftables.NewFake(masq.Family,
+// masq.TableName) in tests — instead of the nft binary.
+func WithNFTables(nft knftables.Interface) Option { return func(a *Agent) { a.nft = nft } }
+
+// WithUnderlay replaces the lookup of the underlay interface and network
+// in the kernel's addresses.
+func WithUnderlay(f UnderlayFunc) Option { return func(a *Agent) { a.underlay = f } }
+
+// WithRetryDelay sets the delay before the first retry of a failed pass
+// (default DefaultRetryDelay).
+func WithRetryDelay(d time.Duration) Option { return func(a *Agent) { a.retryDelay = d } }
 
 // Agent is podnetd on one node.
 type Agent struct {
 	// Health is healthy while the last sync succeeded recently (/healthz).
-	Health      *agentapi.SyncHealth
-	metrics     *metrics
-	cfg         Config
-	client      kubernetes.Interface
-	log         *slog.Logger
-	be          backend.Backend
-	nodes       listersv1.NodeLister
-	local       backend.Local
-	masq        *masq.Masq
-	noMasq      netip.Prefix      // the node network (underlay segment), never masqueraded
-	facts       map[string]string // the annotations this node publishes
+	Health     *agentapi.SyncHealth
+	metrics    *metrics
+	cfg        Config
+	client     kubernetes.Interface
+	log        *slog.Logger
+	be         backend.Backend
+	nft        knftables.Interface // nil: the nft binary, opened at the first setup
+	underlay   UnderlayFunc
+	retryDelay time.Duration
+	nodes      listersv1.NodeLister
+
+	// This node, as the last successful setup left it.
+	ready  bool // the backend is set up for local
+	local  backend.Local
+	masq   *masq.Masq
+	noMasq netip.Prefix      // the node network (underlay segment), never masqueraded
+	facts  map[string]string // the annotations this node publishes
+	mtu    int               // of pod interfaces, in the CNI config
+
+	saidWaiting bool
 	lastRefused string
 }
 
 // New returns an agent.
-func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
-	be, err := backend.New(cfg.Backend)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.Resync == 0 {
+func New(cfg Config, client kubernetes.Interface, opts ...Option) (*Agent, error) {
+	if cfg.Resync <= 0 {
 		cfg.Resync = 10 * time.Second
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Agent{Health: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, metrics: newMetrics(cfg.Metrics), cfg: cfg, client: client, be: be, log: cfg.Log.With("node", cfg.NodeName)}, nil
-}
-
-// Run runs until ctx ends. The dataplane is left in place when it returns:
-// a restarted agent adopts it and fixes only what differs.
-func (a *Agent) Run(ctx context.Context) error {
-	f := informers.NewSharedInformerFactory(a.client, 0)
-	inf := f.Core().V1().Nodes()
-	dirty := make(chan struct{}, 1)
-	poke := func() {
-		select {
-		case dirty <- struct{}{}:
-		default:
-		}
+	a := &Agent{Health: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, metrics: newMetrics(cfg.Metrics), cfg: cfg,
+		client: client, log: cfg.Log.With("node", cfg.NodeName), underlay: underlay, retryDelay: DefaultRetryDelay}
+	for _, o := range opts {
+		o(a)
 	}
-	_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { poke() }, UpdateFunc: func(any, any) { poke() }, DeleteFunc: func(any) { poke() }})
-	a.nodes = inf.Lister()
-	f.Start(ctx.Done())
-	a.log.Info("waiting for the node informer to sync")
-	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
-		return ctx.Err()
+	if a.retryDelay <= 0 {
+		a.retryDelay = DefaultRetryDelay
 	}
-	if err := a.setup(ctx); err != nil {
-		return err
-	}
-	resync := time.NewTicker(a.cfg.Resync)
-	defer resync.Stop()
-	last := time.Time{}
-	for {
-		if wait := minInterval - time.Since(last); wait > 0 {
-			time.Sleep(wait)
-		}
-		last = time.Now()
-		start := time.Now()
-		err := a.sync(ctx)
-		a.metrics.syncDuration.Observe(time.Since(start).Seconds())
-		a.Health.Record(err)
+	if a.be == nil {
+		be, err := backend.New(cfg.Backend)
 		if err != nil {
-			a.metrics.syncErrors.Inc()
-			a.log.Error("sync", "err", err)
+			return nil, err
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-dirty:
-		case <-resync.C:
-		}
+		a.be = be
 	}
+	return a, nil
 }
 
-// setup waits for this node's pod subnet and address, prepares the
-// backend, publishes the node's facts and writes the CNI config.
-func (a *Agent) setup(ctx context.Context) error {
-	var self *corev1.Node
-	said := false
-	for {
-		n, err := a.nodes.Get(a.cfg.NodeName)
-		if err == nil && settled(n) {
-			self = n
-			break
+// sync is one pass: it applies the whole desired state. It sets this node
+// up when its Node first has a pod subnet and an address, and again when
+// the subnet changes; until the first setup it does nothing and reports
+// false. Then it publishes this node's facts, syncs the dataplane, and
+// marks the network available. Publishing and the dataplane do not wait
+// for each other: while the API server refuses a patch, the dataplane
+// still follows the Nodes in the informer's cache.
+func (a *Agent) sync(ctx context.Context) (bool, error) {
+	self, err := a.nodes.Get(a.cfg.NodeName)
+	if err != nil {
+		self = nil // deleted: nothing to publish until it is registered again
+	}
+	if self != nil && settled(self) && (!a.ready || self.Spec.PodCIDR != a.local.PodCIDR.String()) {
+		if a.ready {
+			a.log.Info("this node's pod subnet changed: setting up again", "old", a.local.PodCIDR, "cidr", self.Spec.PodCIDR)
 		}
-		if !said {
+		if err := a.setup(self); err != nil {
+			return true, err
+		}
+	}
+	if !a.ready {
+		if !a.saidWaiting {
 			a.log.Info("waiting for this node's pod subnet (Node.spec.podCIDRs, allocated by kube-controller-manager) and address (reported by kubelet)")
-			said = true
+			a.saidWaiting = true
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
+		return false, nil
 	}
-	return a.setupFor(ctx, self)
+	pubErr := a.publishFacts(ctx, self)
+	dpErr := a.syncDataplane(ctx)
+	if err := errors.Join(pubErr, dpErr); err != nil {
+		return true, err
+	}
+	return true, a.markAvailable(ctx, self)
 }
 
-// setupFor prepares the backend for the pod subnet and address that self
-// (this node's Node) gives, publishes the node's facts and writes the CNI
-// config. It runs at start and again when the Node's pod subnet changes
-// (the Node was deleted and registered anew, and node IPAM gave it another
-// one), so that pods get addresses the other nodes route here.
-func (a *Agent) setupFor(ctx context.Context, self *corev1.Node) error {
+// setup prepares the backend for the pod subnet and address that self
+// (this node's Node) gives. It runs at start and again when the Node's pod
+// subnet changes (the Node was deleted and registered anew, and node IPAM
+// gave it another one), so that pods get addresses the other nodes route
+// here. Until it succeeds again, the dataplane is left as it is.
+func (a *Agent) setup(self *corev1.Node) error {
+	a.ready = false
 	cidr, err := netip.ParsePrefix(self.Spec.PodCIDR)
 	if err != nil {
 		return fmt.Errorf("node %s: podCIDR %q: %w", a.cfg.NodeName, self.Spec.PodCIDR, err)
@@ -177,36 +200,93 @@ func (a *Agent) setupFor(ctx context.Context, self *corev1.Node) error {
 	if !ok {
 		return fmt.Errorf("node %s has no InternalIP address", a.cfg.NodeName)
 	}
-	link, segment, err := underlay(ip)
+	link, segment, err := a.underlay(ip)
 	if err != nil {
-		return err
+		return fmt.Errorf("find the underlay interface of node %s: %w", a.cfg.NodeName, err)
 	}
-	a.local = backend.Local{Node: a.cfg.NodeName, PodCIDR: cidr, NodeIP: ip, Link: link}
-	a.noMasq = segment
 	if a.masq == nil {
-		nft, err := knftables.New(masq.Family, masq.TableName)
-		if err != nil {
-			return fmt.Errorf("nftables for egress masquerade: %w", err)
+		nft := a.nft
+		if nft == nil {
+			if nft, err = knftables.New(masq.Family, masq.TableName); err != nil {
+				return fmt.Errorf("nftables for egress masquerade: %w", err)
+			}
 		}
 		a.masq = masq.New(nft, masq.WithLogger(a.log))
 	}
-	facts, err := a.be.Setup(a.local)
+	local := backend.Local{Node: a.cfg.NodeName, PodCIDR: cidr, NodeIP: ip, Link: link}
+	facts, err := a.be.Setup(local)
 	if err != nil {
-		return fmt.Errorf("set up the %s backend: %w", a.cfg.Backend, err)
+		return fmt.Errorf("set up the %s backend for %s: %w", a.cfg.Backend, cidr, err)
 	}
-	a.log.Info("backend ready", "backend", a.cfg.Backend, "cidr", cidr, "ip", ip, "link", link, "mtu", facts.MTU)
-	a.facts = facts.Annotations
-	if err := a.annotate(ctx, facts.Annotations); err != nil {
-		return err
-	}
-	mtu := facts.MTU
+	a.local, a.noMasq, a.facts, a.mtu = local, segment, facts.Annotations, facts.MTU
 	if a.cfg.MTU > 0 {
-		mtu = a.cfg.MTU
+		a.mtu = a.cfg.MTU
 	}
-	if wrote, err := netconf.WriteConflist(a.cfg.CNIConfDir, netconf.Conflist(cidr.String(), mtu, a.cfg.PodnetDataDir)); err != nil {
-		return err
+	a.ready, a.saidWaiting = true, false
+	a.log.Info("backend ready", "backend", a.cfg.Backend, "cidr", cidr, "ip", ip, "link", link, "mtu", a.mtu)
+	return nil
+}
+
+// current says whether self is this node as set up: not deleted, and not
+// registered anew and waiting for (another) pod subnet.
+func (a *Agent) current(self *corev1.Node) bool {
+	return self != nil && self.Spec.PodCIDR == a.local.PodCIDR.String()
+}
+
+// publishFacts makes this node's Node carry the node's facts, compared
+// with what the Node holds now (not what was written before): a Node
+// deleted and registered again, or whose annotations were removed, gets
+// them back — without them the other nodes refuse it. Only then does it
+// write the CNI config (again if someone removed it), so that no pod starts
+// here before the other nodes can learn how to reach it.
+func (a *Agent) publishFacts(ctx context.Context, self *corev1.Node) error {
+	if !a.current(self) {
+		return nil
+	}
+	for k, v := range a.facts {
+		if self.Annotations[k] != v {
+			if err := a.annotate(ctx, a.facts); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	conf := netconf.Conflist(a.local.PodCIDR.String(), a.mtu, a.cfg.PodnetDataDir)
+	if wrote, err := netconf.WriteConflist(a.cfg.CNIConfDir, conf); err != nil {
+		return fmt.Errorf("write the CNI config: %w", err)
 	} else if wrote {
-		a.log.Info("wrote CNI config", "dir", a.cfg.CNIConfDir, "cidr", cidr, "mtu", mtu)
+		a.log.Info("wrote CNI config", "dir", a.cfg.CNIConfDir, "cidr", a.local.PodCIDR, "mtu", a.mtu)
+	}
+	return nil
+}
+
+// syncDataplane makes the backend and the masquerade table follow the
+// Nodes in the informer's cache.
+func (a *Agent) syncDataplane(ctx context.Context) error {
+	remotes, err := a.remotes()
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	start := time.Now()
+	res, err := a.be.Sync(remotes)
+	if err != nil {
+		return fmt.Errorf("sync the %s backend with %d nodes: %w", a.cfg.Backend, len(remotes), err)
+	}
+	a.metrics.changes.WithLabelValues("add").Add(float64(res.Added))
+	a.metrics.changes.WithLabelValues("remove").Add(float64(res.Removed))
+	a.metrics.remotes.Set(float64(len(remotes) - len(res.Refused)))
+	a.metrics.refused.Set(float64(len(res.Refused)))
+	if res.Added+res.Removed > 0 {
+		a.log.Info("dataplane synced", "remotes", len(remotes), "added", res.Added, "removed", res.Removed, "took", time.Since(start))
+	}
+	if refused := describeRefused(res.Refused); refused != a.lastRefused {
+		a.lastRefused = refused
+		if refused != "" {
+			a.log.Warn("nodes not reachable by this backend", "refused", refused)
+		}
+	}
+	if err := a.masq.Sync(ctx, masq.Config{ClusterCIDRs: a.cfg.ClusterCIDRs, NoMasquerade: []netip.Prefix{a.noMasq}}); err != nil {
+		return fmt.Errorf("egress masquerade: %w", err)
 	}
 	return nil
 }
@@ -288,71 +368,6 @@ func (a *Agent) remotes() ([]backend.Remote, error) {
 	return out, nil
 }
 
-// sync applies the whole desired state.
-func (a *Agent) sync(ctx context.Context) error {
-	self, err := a.nodes.Get(a.cfg.NodeName)
-	if err != nil {
-		self = nil // deleted: nothing to publish until it is registered again
-	}
-	if self != nil && settled(self) && self.Spec.PodCIDR != a.local.PodCIDR.String() {
-		a.log.Info("this node's pod subnet changed: setting up again", "old", a.local.PodCIDR, "cidr", self.Spec.PodCIDR)
-		if err := a.setupFor(ctx, self); err != nil {
-			return err
-		}
-	}
-	remotes, err := a.remotes()
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	res, err := a.be.Sync(remotes)
-	if err != nil {
-		return err
-	}
-	a.metrics.changes.WithLabelValues("add").Add(float64(res.Added))
-	a.metrics.changes.WithLabelValues("remove").Add(float64(res.Removed))
-	a.metrics.remotes.Set(float64(len(remotes) - len(res.Refused)))
-	a.metrics.refused.Set(float64(len(res.Refused)))
-	if res.Added+res.Removed > 0 {
-		a.log.Info("dataplane synced", "remotes", len(remotes), "added", res.Added, "removed", res.Removed, "took", time.Since(start))
-	}
-	if refused := describeRefused(res.Refused); refused != a.lastRefused {
-		a.lastRefused = refused
-		if refused != "" {
-			a.log.Warn("nodes not reachable by this backend", "refused", refused)
-		}
-	}
-	if err := a.masq.Sync(ctx, masq.Config{ClusterCIDRs: a.cfg.ClusterCIDRs, NoMasquerade: []netip.Prefix{a.noMasq}}); err != nil {
-		return fmt.Errorf("egress masquerade: %w", err)
-	}
-	return a.publish(ctx, self)
-}
-
-// publish makes this node's Node carry the node's facts and
-// NetworkUnavailable=False, compared with what the Node holds now (not what
-// was written before): a Node deleted and registered again, or whose
-// annotations were removed, gets them back — without them the other nodes
-// refuse it.
-func (a *Agent) publish(ctx context.Context, self *corev1.Node) error {
-	if self == nil || self.Spec.PodCIDR != a.local.PodCIDR.String() {
-		return nil // gone, or registered anew and waiting for its pod subnet
-	}
-	for k, v := range a.facts {
-		if self.Annotations[k] != v {
-			if err := a.annotate(ctx, a.facts); err != nil {
-				return err
-			}
-			break
-		}
-	}
-	for _, c := range self.Status.Conditions {
-		if c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse {
-			return nil
-		}
-	}
-	return a.setNetworkAvailable(ctx)
-}
-
 func describeRefused(m map[string]string) string {
 	var parts []string
 	for n, why := range m {
@@ -362,8 +377,22 @@ func describeRefused(m map[string]string) string {
 	return strings.Join(parts, "; ")
 }
 
-// setNetworkAvailable sets the Node's NetworkUnavailable condition to False
-// once the routes are in place, as cloud route controllers and CNI agents do.
+// markAvailable makes this node's Node say NetworkUnavailable=False once
+// its facts are published and the routes are in place, as cloud route
+// controllers and CNI agents do — again if someone changed it.
+func (a *Agent) markAvailable(ctx context.Context, self *corev1.Node) error {
+	if !a.current(self) {
+		return nil
+	}
+	for _, c := range self.Status.Conditions {
+		if c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse {
+			return nil
+		}
+	}
+	return a.setNetworkAvailable(ctx)
+}
+
+// setNetworkAvailable sets the Node's NetworkUnavailable condition to False.
 func (a *Agent) setNetworkAvailable(ctx context.Context) error {
 	now := metav1.Now()
 	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{{
