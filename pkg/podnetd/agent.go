@@ -34,6 +34,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/record"
 
 	"sigs.k8s.io/knftables"
 
@@ -94,6 +95,10 @@ func WithNFTables(nft knftables.Interface) Option { return func(a *Agent) { a.nf
 // in the kernel's addresses.
 func WithUnderlay(f UnderlayFunc) Option { return func(a *Agent) { a.underlay = f } }
 
+// WithEventRecorder makes the agent record its Events (a remote node
+// refused) through r instead of a broadcaster to the API server.
+func WithEventRecorder(r record.EventRecorder) Option { return func(a *Agent) { a.events = r } }
+
 // WithRetryDelay sets the delay before the first retry of a failed pass
 // (default DefaultRetryDelay).
 func WithRetryDelay(d time.Duration) Option { return func(a *Agent) { a.retryDelay = d } }
@@ -122,6 +127,10 @@ type Agent struct {
 
 	saidWaiting bool
 	lastRefused string
+	// events records a Warning on this Node for every newly refused
+	// remote; refusedSeen holds the reasons already reported.
+	events      record.EventRecorder
+	refusedSeen map[string]string
 }
 
 // New returns an agent.
@@ -285,6 +294,7 @@ func (a *Agent) syncDataplane(ctx context.Context) error {
 			a.log.Warn("nodes not reachable by this backend", "refused", refused)
 		}
 	}
+	a.reportRefused(res.Refused)
 	if err := a.masq.Sync(ctx, masq.Config{ClusterCIDRs: a.cfg.ClusterCIDRs, NoMasquerade: []netip.Prefix{a.noMasq}}); err != nil {
 		return fmt.Errorf("egress masquerade: %w", err)
 	}
@@ -366,6 +376,28 @@ func (a *Agent) remotes() ([]backend.Remote, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	return out, nil
+}
+
+// reportRefused records a Warning Event on this Node for each remote that
+// is refused now and was not (or for another reason) at the last report:
+// `kubectl describe node` shows why a node gets no route, never a silent
+// black hole.
+func (a *Agent) reportRefused(refused map[string]string) {
+	if a.events == nil {
+		return
+	}
+	ref := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
+	names := make([]string, 0, len(refused))
+	for n := range refused {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if a.refusedSeen[n] != refused[n] {
+			a.events.Eventf(ref, corev1.EventTypeWarning, "RemoteNodeRefused", "the %s backend gives node %s no route: %s", a.cfg.Backend, n, refused[n])
+		}
+	}
+	a.refusedSeen = refused
 }
 
 func describeRefused(m map[string]string) string {

@@ -474,3 +474,48 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
+
+// A refused remote gets one Warning Event on this Node, naming the node
+// and the reason — not one per sync — and another when the reason changes.
+func TestRefusedNodeRecordsAnEvent(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t,
+		node(selfName, "10.244.1.0/24", "192.168.56.11"),
+		node("node-3", "10.244.3.0/24", "192.168.57.13"))
+	h.be.SetRefused(map[string]string{"node-3": "192.168.57.13 is not in 192.168.56.0/24"})
+	h.start()
+	h.ready()
+	events := func() []corev1.Event {
+		l, err := h.client.CoreV1().Events("").List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []corev1.Event
+		for _, e := range l.Items {
+			if e.Reason == "RemoteNodeRefused" {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	eventually(t, "a RemoteNodeRefused event", func() (bool, string) {
+		ev := events()
+		return len(ev) == 1, fmtAny(ev)
+	})
+	e := events()[0]
+	if e.Type != corev1.EventTypeWarning || e.InvolvedObject.Kind != "Node" || e.InvolvedObject.Name != selfName ||
+		!strings.Contains(e.Message, "node node-3") || !strings.Contains(e.Message, "192.168.57.13 is not in 192.168.56.0/24") {
+		t.Errorf("event %+v: want a Warning on Node %s naming node-3 and the reason", e, selfName)
+	}
+	syncs := len(h.be.Syncs())
+	eventually(t, "more syncs", func() (bool, string) { return len(h.be.Syncs()) >= syncs+2, fmtAny(len(h.be.Syncs())) })
+	if ev := events(); len(ev) != 1 || ev[0].Count > 1 {
+		t.Errorf("the same refusal was reported again on later syncs: %s", fmtAny(ev))
+	}
+	h.be.SetRefused(map[string]string{"node-3": "it has not published a VTEP MAC yet"})
+	h.update("node-3", func(n *corev1.Node) { n.Labels = map[string]string{"poke": "1"} })
+	eventually(t, "a second event for the new reason", func() (bool, string) {
+		ev := events()
+		return len(ev) == 2, fmtAny(ev)
+	})
+}

@@ -4,7 +4,11 @@ import (
 	"context"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -25,6 +29,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { poke() }, UpdateFunc: func(any, any) { poke() }, DeleteFunc: func(any) { poke() }})
 	a.nodes = inf.Lister()
+	if a.events == nil {
+		b := record.NewBroadcaster(record.WithContext(ctx))
+		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.client.CoreV1().Events("")})
+		defer b.Shutdown()
+		a.events = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "podnetd", Host: a.cfg.NodeName})
+	}
 	f.Start(ctx.Done())
 	defer f.Shutdown()
 	a.log.Info("waiting for the node informer to sync")

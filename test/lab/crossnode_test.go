@@ -85,6 +85,10 @@ func hostGWRefusesFar(t *testing.T, e *env) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	if out, err := e.podnetctl("lab", "kubectl", "--", "get", "events", "--field-selector", "involvedObject.name=node-1,reason=RemoteNodeRefused", "-o", "custom-columns=TYPE:.type,MSG:.message", "--no-headers"); err != nil ||
+		!strings.Contains(out, "Warning") || !strings.Contains(out, "node node-3") || !strings.Contains(out, want) {
+		t.Errorf("no Warning event RemoteNodeRefused on node-1 for node-3 (err %v):\n%s", err, out)
+	}
 	e.runPod(t, "far-srv", "node-3", corev1.RestartPolicyAlways, "httpd", nil)
 	ip := e.waitRunning(t, "far-srv")
 	e.runPod(t, "far-ping", "node-1", corev1.RestartPolicyNever, "busybox", []string{"ping", "-c", "1", "-W", "5", ip})
