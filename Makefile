@@ -57,6 +57,7 @@ lab-down:
 
 bench: deps ref-plugins build
 	$(GO) run ./bench/cni
+	$(GO) run ./bench/net
 
 demo: deps ref-plugins k8s build
 	@bash hack/demo.sh
