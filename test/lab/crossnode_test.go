@@ -66,6 +66,10 @@ func TestLabHostGW(t *testing.T) {
 		t.Fatalf("traceroute hops %v, want %v (seed 003):\n%s", hops, want, out)
 	}
 	crossNode(t, e)
+	t.Run("every pod reaches every pod", func(t *testing.T) {
+		nodes := []string{"node-1", "node-2"}
+		everyPodReachesEveryPod(t, e, nodes, startPairPods(t, e, nodes))
+	})
 	hostGWRefusesFar(t, e)
 }
 

@@ -20,17 +20,7 @@ func TestLabHybrid(t *testing.T) {
 	}
 	e := upLab(t, "--workers", "3", "--far-workers", "1", "--backend", "hybrid")
 	nodes := []string{"node-1", "node-2", "node-3"}
-	ips := map[string]string{}
-	for _, n := range nodes {
-		srv, tb := "srv-"+n, "tb-"+n
-		e.runPod(t, srv, n, corev1.RestartPolicyAlways, "registry.k8s.io/e2e-test-images/agnhost:2.53",
-			[]string{"netexec", "--http-port=8080", "--udp-port=8081"})
-		e.runPod(t, tb, n, corev1.RestartPolicyAlways, "busybox", []string{"sleep", "3600"})
-	}
-	for _, n := range nodes {
-		ips[n] = e.waitRunning(t, "srv-"+n)
-		ips["tb-"+n] = e.waitRunning(t, "tb-"+n)
-	}
+	ips := startPairPods(t, e, nodes)
 
 	t.Run("paths", func(t *testing.T) {
 		// node-1: node-2 by a plain route on the segment, node-3 through
@@ -52,30 +42,7 @@ func TestLabHybrid(t *testing.T) {
 		}
 	})
 
-	t.Run("every pod reaches every pod", func(t *testing.T) {
-		for _, from := range nodes {
-			var script strings.Builder
-			for _, to := range nodes {
-				ip := ips[to]
-				fmt.Fprintf(&script, `echo "%[1]s icmp $(ping -c 2 -W 2 %[2]s >/dev/null 2>&1 && echo ok || echo FAIL)"; `, to, ip)
-				fmt.Fprintf(&script, `echo "%[1]s tcp $(wget -qO- -T 5 http://%[2]s:8080/clientip)"; `, to, ip)
-				fmt.Fprintf(&script, `echo "%[1]s udp $(echo clientip | nc -u -w 2 %[2]s 8081)"; `, to, ip)
-			}
-			out, err := e.podnetctl("lab", "kubectl", "--", "exec", "tb-"+from, "--", "sh", "-c", script.String())
-			if err != nil {
-				t.Errorf("from %s: %v\n%s", from, err, out)
-				continue
-			}
-			src := ips["tb-"+from]
-			for _, to := range nodes {
-				for _, want := range []string{to + " icmp ok", to + " tcp " + src + ":", to + " udp " + src + ":"} {
-					if !strings.Contains(out, want) {
-						t.Errorf("pod on %s → pod on %s (%s): want a line %q (the true source pod IP %s):\n%s", from, to, ips[to], want, src, out)
-					}
-				}
-			}
-		}
-	})
+	t.Run("every pod reaches every pod", func(t *testing.T) { everyPodReachesEveryPod(t, e, nodes, ips) })
 
 	t.Run("traceroute", func(t *testing.T) {
 		// Direct on the segment: node-2's gateway, node-1's address, the
@@ -96,6 +63,52 @@ func TestLabHybrid(t *testing.T) {
 			}
 		}
 	})
+}
+
+// startPairPods runs, on each node, a server pod srv-NODE (agnhost netexec:
+// HTTP 8080, UDP 8081) and a toolbox pod tb-NODE; it returns their
+// addresses: ips[NODE] is the server's, ips["tb-"+NODE] the toolbox's.
+func startPairPods(t *testing.T, e *env, nodes []string) map[string]string {
+	t.Helper()
+	for _, n := range nodes {
+		e.runPod(t, "srv-"+n, n, corev1.RestartPolicyAlways, "registry.k8s.io/e2e-test-images/agnhost:2.53",
+			[]string{"netexec", "--http-port=8080", "--udp-port=8081"})
+		e.runPod(t, "tb-"+n, n, corev1.RestartPolicyAlways, "busybox", []string{"sleep", "3600"})
+	}
+	ips := map[string]string{}
+	for _, n := range nodes {
+		ips[n] = e.waitRunning(t, "srv-"+n)
+		ips["tb-"+n] = e.waitRunning(t, "tb-"+n)
+	}
+	return ips
+}
+
+// everyPodReachesEveryPod: from each node's toolbox pod to every node's
+// server pod, ICMP answers, and TCP and UDP answers say the client's own
+// pod IP (no NAT on the way).
+func everyPodReachesEveryPod(t *testing.T, e *env, nodes []string, ips map[string]string) {
+	for _, from := range nodes {
+		var script strings.Builder
+		for _, to := range nodes {
+			ip := ips[to]
+			fmt.Fprintf(&script, `echo "%[1]s icmp $(ping -c 2 -W 2 %[2]s >/dev/null 2>&1 && echo ok || echo FAIL)"; `, to, ip)
+			fmt.Fprintf(&script, `echo "%[1]s tcp $(wget -qO- -T 5 http://%[2]s:8080/clientip)"; `, to, ip)
+			fmt.Fprintf(&script, `echo "%[1]s udp $(echo clientip | nc -u -w 2 %[2]s 8081)"; `, to, ip)
+		}
+		out, err := e.podnetctl("lab", "kubectl", "--", "exec", "tb-"+from, "--", "sh", "-c", script.String())
+		if err != nil {
+			t.Errorf("from %s: %v\n%s", from, err, out)
+			continue
+		}
+		src := ips["tb-"+from]
+		for _, to := range nodes {
+			for _, want := range []string{to + " icmp ok", to + " tcp " + src + ":", to + " udp " + src + ":"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("pod on %s → pod on %s (%s): want a line %q (the true source pod IP %s):\n%s", from, to, ips[to], want, src, out)
+				}
+			}
+		}
+	}
 }
 
 // traceHops is the hop addresses of traceroute -n output, space-separated.

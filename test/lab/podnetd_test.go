@@ -36,6 +36,10 @@ func TestPodnetdVXLAN(t *testing.T) {
 	e.runPod(t, "target", "node-1", corev1.RestartPolicyAlways, "busybox", []string{"sleep", "3600"})
 	target := e.waitRunning(t, "target")
 	t.Run("mtu", func(t *testing.T) { podnetdMTU(t, e, target) })
+	t.Run("every pod reaches every pod", func(t *testing.T) {
+		nodes := []string{"node-1", "node-2"}
+		everyPodReachesEveryPod(t, e, nodes, startPairPods(t, e, nodes))
+	})
 	t.Run("drift repair", func(t *testing.T) { podnetdDrift(t, e) })
 	t.Run("restart without loss", func(t *testing.T) { podnetdRestart(t, e, target) })
 	t.Run("API server unreachable", func(t *testing.T) { podnetdAPIDown(t, e, target) })
