@@ -9,7 +9,7 @@ export PATH := $(PATH):/usr/sbin:/sbin
 
 BINARIES := podnet podnetctl podnetd
 
-.PHONY: all build deps ref-plugins k8s lint test unit bench demo demo-plugin lab-up lab-down clean
+.PHONY: all build deps ref-plugins k8s coredns lint test unit bench demo demo-plugin lab-up lab-down clean
 
 all: build
 
@@ -28,6 +28,11 @@ ref-plugins:
 k8s:
 	@bash hack/k8s.sh >/dev/null
 
+# The lab's cluster DNS: CoreDNS built once per machine from its Go module
+# (hack/coredns/go.mod) with only the plugins the lab uses, cached by version.
+coredns:
+	@bash hack/coredns.sh >/dev/null
+
 
 # gofmt, go vet and staticcheck; any finding fails.
 lint: deps
@@ -39,7 +44,7 @@ lint: deps
 # Every test: unit tests, and (as root) kernel tests in throwaway network
 # namespaces. Packages run one at a time so kernel tests do not compete for
 # the two cores with each other's concurrency tests.
-test: deps ref-plugins k8s build lint
+test: deps ref-plugins k8s coredns build lint
 	$(GO) test -count=1 -p 1 -timeout 20m ./...
 	@left=$$(ip netns list 2>/dev/null | grep -c '^pntest-' || true); \
 	  if [ "$$left" != 0 ]; then echo "tests left $$left network namespaces behind"; ip netns list; exit 1; fi
@@ -49,7 +54,7 @@ unit:
 	$(GO) test -count=1 -short ./...
 
 # A lab of network namespaces with the real control plane (see README).
-lab-up: deps ref-plugins k8s build
+lab-up: deps ref-plugins k8s coredns build
 	bin/podnetctl lab up
 
 lab-down:
@@ -59,7 +64,7 @@ bench: deps ref-plugins build
 	$(GO) run ./bench/cni
 	$(GO) run ./bench/net
 
-demo: deps ref-plugins k8s build
+demo: deps ref-plugins k8s coredns build
 	@bash hack/demo.sh
 
 # The CNI plugin alone: two pods on one bridge, seed 004's views.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/podnet/podnet/pkg/lab"
 	"github.com/podnet/podnet/pkg/lab/images"
+	"github.com/podnet/podnet/pkg/lab/machine"
 	"github.com/podnet/podnet/pkg/lab/nodeagent"
 )
 
@@ -52,7 +53,7 @@ func runNodeAgent(args []string) error {
 	a := nodeagent.New(nodeagent.Config{NodeName: *node, NodeIP: addr, ControlPlane: *controlPlane,
 		KubeletVersion: lab.KubernetesVersion, CNIConfDir: "/etc/cni/net.d", CNIBinDirs: []string{"/opt/cni/bin"},
 		CNICacheDir: "/var/lib/cni", PodDir: "/var/lib/podnet-lab/pods", WriteCNIConfig: *writeConf,
-		PodnetDataDir: "/var/lib/cni/podnet", Log: log}, client)
+		PodnetDataDir: "/var/lib/cni/podnet", NodeDirs: machine.OwnDirs(), Log: log}, client)
 	if *tlsCert != "" || *tlsKey != "" || *clientCA != "" {
 		tlsCfg, err := nodeagent.KubeletTLSConfig(*tlsCert, *tlsKey, *clientCA)
 		if err != nil {

@@ -20,7 +20,10 @@ import (
 const usage = `podnetctl — podnet's command line
 
   podnetctl lab up [--workers N] [--far-workers N] [--backend vxlan|host-gw|hybrid]
-                                   build a Kubernetes cluster of network namespaces on this machine
+                   [--service-proxy kube-proxy|none]
+                                   build a Kubernetes cluster of network namespaces on this machine;
+                                   with a service proxy (default kube-proxy, nftables mode) it also runs
+                                   the cluster DNS: CoreDNS behind the kube-dns Service, 10.96.0.10
   podnetctl lab down               remove everything the lab made (safe to run twice, and after a crash)
   podnetctl lab status             machines, components, nodes and where the logs are
   podnetctl lab kubeconfig         print the path of the admin kubeconfig (for any kubectl)
@@ -63,6 +66,7 @@ func run(args []string) error {
 	workers := fs.Int("workers", 2, "number of worker nodes")
 	far := fs.Int("far-workers", 0, "put the last N workers on a second underlay segment, 192.168.57.0/24, behind a router (for hybrid)")
 	backend := fs.String("backend", "vxlan", "cross-node backend: vxlan, host-gw or hybrid")
+	proxy := fs.String("service-proxy", string(lab.DefaultServiceProxy), "what implements Services on the nodes: kube-proxy (the real one, nftables mode) or none (and then no cluster DNS)")
 	if err := fs.Parse(rest); err != nil {
 		return err
 	}
@@ -72,28 +76,7 @@ func run(args []string) error {
 	}
 	switch verb {
 	case "up":
-		if *workers < 1 || *workers > 50 {
-			return fmt.Errorf("--workers %d: give between 1 and 50", *workers)
-		}
-		if *far < 0 || *far > *workers {
-			return fmt.Errorf("--far-workers %d: give between 0 and --workers (%d)", *far, *workers)
-		}
-		switch *backend {
-		case "vxlan", "host-gw", "hybrid":
-		default:
-			return fmt.Errorf("--backend %q: use vxlan, host-gw or hybrid", *backend)
-		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		self, _ := os.Executable()
-		l := lab.New(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir,
-			PluginDir:    filepath.Dir(self),
-			RefPluginDir: envOr("PODNET_REF_CNI_DIR", "/var/cache/podnet/cni-plugins/v1.9.1"), NodeAgent: []string{self, "lab", "node-agent"}, Out: os.Stdout})
-		if err := l.Up(ctx); err != nil {
-			return err
-		}
-		fmt.Printf("\nThe lab is up. Try:\n  podnetctl lab kubectl -- get nodes -o wide\n  podnetctl lab node node-1 -- ip route\n  export KUBECONFIG=%s\n", l.AdminKubeconfig())
-		return nil
+		return labUp(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir}, *proxy)
 	case "down":
 		return lab.Down(*dir)
 	case "status":
@@ -128,6 +111,40 @@ func run(args []string) error {
 	}
 	fmt.Fprint(os.Stderr, usage)
 	return fmt.Errorf("unknown lab command %q", verb)
+}
+
+// labUp checks the options of `lab up` and builds the lab.
+func labUp(opts lab.Options, proxy string) error {
+	if opts.Workers < 1 || opts.Workers > 50 {
+		return fmt.Errorf("--workers %d: give between 1 and 50", opts.Workers)
+	}
+	if opts.FarWorkers < 0 || opts.FarWorkers > opts.Workers {
+		return fmt.Errorf("--far-workers %d: give between 0 and --workers (%d)", opts.FarWorkers, opts.Workers)
+	}
+	switch opts.Backend {
+	case "vxlan", "host-gw", "hybrid":
+	default:
+		return fmt.Errorf("--backend %q: use vxlan, host-gw or hybrid", opts.Backend)
+	}
+	sp, err := lab.ParseServiceProxy(proxy)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	self, _ := os.Executable()
+	opts.ServiceProxy, opts.PluginDir, opts.NodeAgent, opts.Out = sp, filepath.Dir(self), []string{self, "lab", "node-agent"}, os.Stdout
+	opts.RefPluginDir = envOr("PODNET_REF_CNI_DIR", "/var/cache/podnet/cni-plugins/v1.9.1")
+	l := lab.New(opts)
+	if err := l.Up(ctx); err != nil {
+		return err
+	}
+	fmt.Printf("\nThe lab is up. Try:\n  podnetctl lab kubectl -- get nodes -o wide\n  podnetctl lab node node-1 -- ip route\n")
+	if sp.Runs() {
+		fmt.Printf("  podnetctl lab kubectl -- run -it --rm dns --image=busybox --restart=Never -- nslookup kubernetes.default\n")
+	}
+	fmt.Printf("  export KUBECONFIG=%s\n", l.AdminKubeconfig())
+	return nil
 }
 
 func orNoLab(err error) error {

@@ -13,6 +13,8 @@ type component struct {
 	Machine string
 	Name    string
 	Argv    []string
+	// Env is added to the lab's environment.
+	Env []string
 }
 
 // controlPlane returns etcd and the three control plane components. etcd
@@ -23,7 +25,7 @@ func (l *Lab) controlPlane() []component {
 	p := func(f string) string { return filepath.Join(l.PKIDir(), f) }
 	k8s := func(bin string) string { return filepath.Join(l.opts.K8sDir, bin) }
 	return []component{
-		{ControlPlane, "etcd", []string{"etcd",
+		{Machine: ControlPlane, Name: "etcd", Argv: []string{"etcd",
 			"--name", ControlPlane,
 			"--data-dir", filepath.Join(l.dir, "etcd"),
 			"--listen-client-urls", "http://127.0.0.1:2379",
@@ -32,7 +34,7 @@ func (l *Lab) controlPlane() []component {
 			"--initial-advertise-peer-urls", "http://127.0.0.1:2380",
 			"--initial-cluster", ControlPlane + "=http://127.0.0.1:2380",
 		}},
-		{ControlPlane, "kube-apiserver", []string{k8s("kube-apiserver"),
+		{Machine: ControlPlane, Name: "kube-apiserver", Argv: []string{k8s("kube-apiserver"),
 			"--etcd-servers=http://127.0.0.1:2379",
 			"--advertise-address=" + ControlPlaneIP.String(),
 			"--bind-address=0.0.0.0",
@@ -53,7 +55,7 @@ func (l *Lab) controlPlane() []component {
 			"--allow-privileged=true",
 			"--endpoint-reconciler-type=lease",
 		}},
-		{ControlPlane, "kube-controller-manager", []string{k8s("kube-controller-manager"),
+		{Machine: ControlPlane, Name: "kube-controller-manager", Argv: []string{k8s("kube-controller-manager"),
 			"--kubeconfig=" + p(pki.ControllerManagerConfig),
 			"--authentication-kubeconfig=" + p(pki.ControllerManagerConfig),
 			"--authorization-kubeconfig=" + p(pki.ControllerManagerConfig),
@@ -72,7 +74,7 @@ func (l *Lab) controlPlane() []component {
 			// "uninitialized".
 			"--controllers=*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
 		}},
-		{ControlPlane, "kube-scheduler", []string{k8s("kube-scheduler"),
+		{Machine: ControlPlane, Name: "kube-scheduler", Argv: []string{k8s("kube-scheduler"),
 			"--kubeconfig=" + p(pki.SchedulerKubeconfig),
 			"--authentication-kubeconfig=" + p(pki.SchedulerKubeconfig),
 			"--authorization-kubeconfig=" + p(pki.SchedulerKubeconfig),

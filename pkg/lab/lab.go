@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/pkg/lab/cgroup"
+	"github.com/podnet/podnet/pkg/lab/images"
 	"github.com/podnet/podnet/pkg/lab/machine"
 	"github.com/podnet/podnet/pkg/lab/pki"
 )
@@ -41,6 +42,12 @@ type Options struct {
 	RefPluginDir string
 	// NodeAgent is the argv prefix that runs the lab node agent.
 	NodeAgent []string
+	// ServiceProxy implements Services on every machine (empty:
+	// DefaultServiceProxy); with one, the lab also runs the cluster DNS.
+	ServiceProxy ServiceProxy
+	// CoreDNSDir holds the coredns binary hack/coredns.sh builds (empty:
+	// images.CoreDNSDir()).
+	CoreDNSDir string
 	// Out receives progress lines.
 	Out io.Writer
 }
@@ -58,6 +65,10 @@ func New(opts Options) *Lab {
 	}
 	if opts.Out == nil {
 		opts.Out = io.Discard
+	}
+	opts.ServiceProxy = opts.ServiceProxy.orDefault()
+	if opts.CoreDNSDir == "" {
+		opts.CoreDNSDir = images.CoreDNSDir()
 	}
 	return &Lab{opts: opts, dir: opts.Dir}
 }
@@ -106,6 +117,19 @@ func (l *Lab) preflight() error {
 			missing = append(missing, bin+" in "+l.opts.K8sDir+" (hack/k8s.sh builds it)")
 		}
 	}
+	if l.opts.ServiceProxy == ServiceProxyKubeProxy {
+		if _, err := os.Stat(filepath.Join(l.opts.K8sDir, "kube-proxy")); err != nil {
+			missing = append(missing, "kube-proxy in "+l.opts.K8sDir+" (hack/k8s.sh builds it; or --service-proxy none)")
+		}
+		if _, err := exec.LookPath("nft"); err != nil {
+			missing = append(missing, "the command nft, which kube-proxy's nftables mode runs (Debian package nftables)")
+		}
+	}
+	if l.opts.ServiceProxy.Runs() {
+		if _, err := os.Stat(filepath.Join(l.opts.CoreDNSDir, "coredns")); err != nil {
+			missing = append(missing, "coredns in "+l.opts.CoreDNSDir+" (make coredns builds it; or --service-proxy none)")
+		}
+	}
 	for _, bin := range []string{"podnet", "podnetd"} {
 		if _, err := os.Stat(filepath.Join(l.opts.PluginDir, bin)); err != nil {
 			missing = append(missing, bin+" in "+l.opts.PluginDir+" (make build)")
@@ -117,8 +141,9 @@ func (l *Lab) preflight() error {
 	return nil
 }
 
-// Up builds the lab and returns when the API server answers and every node
-// is Ready. A failure part-way removes what was built.
+// Up builds the lab and returns when the API server answers, every node
+// is Ready and (with a service proxy) the cluster DNS answers. A failure
+// part-way removes what was built.
 func (l *Lab) Up(ctx context.Context) (err error) {
 	if err := l.preflight(); err != nil {
 		return err
@@ -130,7 +155,8 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 			st.Phase, st.Created.Format(time.RFC3339))
 	}
 	start := time.Now()
-	st := State{Created: start.UTC(), Backend: l.opts.Backend, Machines: Machines(l.opts.Workers, l.opts.FarWorkers), K8sDir: l.opts.K8sDir, Phase: "building"}
+	st := State{Created: start.UTC(), Backend: l.opts.Backend, ServiceProxy: string(l.opts.ServiceProxy),
+		Machines: Machines(l.opts.Workers, l.opts.FarWorkers), K8sDir: l.opts.K8sDir, Phase: "building"}
 	for _, d := range []string{l.dir, l.LogDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
@@ -152,18 +178,50 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 			}
 		}
 	}()
+	if err := l.buildNetwork(st.Machines); err != nil {
+		return err
+	}
+	bundle, err := l.startControlPlane(ctx, start)
+	if err != nil {
+		return err
+	}
+	for _, ms := range st.Machines {
+		if err := l.startNode(bundle, ms); err != nil {
+			return err
+		}
+		// One node at a time: the controller manager's CIDR workers run
+		// in parallel, and node-N gets 10.244.N.0/24 (seed 003) only if
+		// each Node has its subnet before the next one registers.
+		if err := l.waitPodCIDR(ctx, ms.Name, 30*time.Second); err != nil {
+			return err
+		}
+	}
+	if err := l.waitNodesReady(ctx, st.Machines, 60*time.Second); err != nil {
+		return err
+	}
+	l.say("nodes: %d Ready after %s", len(st.Machines), time.Since(start).Round(100*time.Millisecond))
+	if err := l.startDNS(ctx, st.Machines, start); err != nil {
+		return err
+	}
+	st.Phase = "up"
+	return saveState(l.dir, st)
+}
+
+// buildNetwork makes the underlay switch (and the second segment), the
+// machines and their links.
+func (l *Lab) buildNetwork(machines []MachineSpec) error {
 	l.say("underlay %s: switch netns %s, host %s %s", Underlay, SwitchNS, HostLink, HostIP)
 	if err := buildSwitch(); err != nil {
 		return err
 	}
-	far := hasFar(st.Machines)
+	far := hasFar(machines)
 	if far {
 		l.say("second segment %s: switch netns %s, router %s (%s, %s)", FarUnderlay, FarSwitchNS, RouterNS, RouterIP, RouterFarIP)
 		if err := buildRouter(); err != nil {
 			return err
 		}
 	}
-	for _, ms := range st.Machines {
+	for _, ms := range machines {
 		if err := machine.New(l.dir, ms.Name).Create(); err != nil {
 			return err
 		}
@@ -172,43 +230,62 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 		}
 		l.say("machine %-12s %s on %s", ms.Name, ms.IP, NodeLink)
 	}
+	return nil
+}
+
+// startControlPlane makes the PKI, starts etcd and the control plane
+// components and applies the lab's RBAC.
+func (l *Lab) startControlPlane(ctx context.Context, start time.Time) (*pki.Bundle, error) {
 	spec := pki.DefaultSpec()
 	spec.Server = APIServer()
 	bundle, err := pki.Create(l.PKIDir(), spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// etcd and the API server first; the controller manager and the
 	// scheduler read RBAC-protected objects at start-up.
 	cp := l.controlPlane()
 	for _, c := range cp[:2] {
 		if err := l.start(c); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if err := l.waitAPIServer(ctx, 60*time.Second); err != nil {
-		return err
+		return nil, err
 	}
 	for _, c := range cp[2:] {
 		if err := l.start(c); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	l.say("control plane: %s ready after %s", APIServer(), time.Since(start).Round(100*time.Millisecond))
-	if err := l.applyRBAC(ctx); err != nil {
+	return bundle, l.applyRBAC(ctx)
+}
+
+// startDNS deploys the cluster DNS when a service proxy runs, and waits
+// until it answers.
+func (l *Lab) startDNS(ctx context.Context, machines []MachineSpec, start time.Time) error {
+	if !l.opts.ServiceProxy.Runs() {
+		l.say("services: no service proxy (--service-proxy none), so no cluster DNS")
+		return nil
+	}
+	c, err := l.Client()
+	if err != nil {
 		return err
 	}
-	for _, ms := range st.Machines {
-		if err := l.startNode(bundle, ms); err != nil {
-			return err
-		}
-	}
-	if err := l.waitNodesReady(ctx, st.Machines, 60*time.Second); err != nil {
+	if err := deployDNS(ctx, c); err != nil {
 		return err
 	}
-	l.say("nodes: %d Ready after %s", len(st.Machines), time.Since(start).Round(100*time.Millisecond))
-	st.Phase = "up"
-	return saveState(l.dir, st)
+	unanswered, err := l.waitDNS(ctx, c, machines, 90*time.Second)
+	if err != nil {
+		return err
+	}
+	for _, u := range unanswered {
+		l.say("cluster DNS: no answer %s: that machine cannot reach the CoreDNS pods", u)
+	}
+	l.say("services: %s on every machine; cluster DNS: CoreDNS %s (%d pods) behind kube-dns %s answering after %s",
+		l.opts.ServiceProxy, images.CoreDNSVersion, DNSReplicas, DNSServiceIP, time.Since(start).Round(100*time.Millisecond))
+	return nil
 }
 
 // start runs a component on its machine, detached, in its own cgroup.
@@ -238,6 +315,7 @@ func (l *Lab) start(c component) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
 	cmd.Env = append(os.Environ(), "PATH="+l.opts.K8sDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	cmd.Env = append(cmd.Env, c.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s on %s: %w", c.Name, c.Machine, err)
@@ -267,7 +345,7 @@ func (l *Lab) waitAPIServer(ctx context.Context, timeout time.Duration) error {
 	}
 	deadline := time.Now().Add(timeout)
 	var last string
-	for time.Now().Before(deadline) {
+	for first := true; first || time.Now().Before(deadline); first = false { // once at least: status asks with no time
 		resp, err := c.Get(APIServer() + "/readyz")
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)

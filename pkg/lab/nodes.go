@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/podnet/podnet/pkg/lab/images"
 	"github.com/podnet/podnet/pkg/lab/machine"
 	"github.com/podnet/podnet/pkg/lab/pki"
 )
@@ -22,7 +23,8 @@ import (
 // nodePlugins are the CNI plugins every node gets in /opt/cni/bin.
 var nodePlugins = []string{"portmap", "loopback", "bandwidth", "tuning", "firewall", "host-local", "bridge"}
 
-// startNode installs the CNI plugins on a machine and starts its node agent.
+// startNode installs the CNI plugins on a machine and starts podnetd, the
+// service proxy and the node agent.
 func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	srcs := []string{filepath.Join(l.opts.PluginDir, "podnet")}
 	for _, p := range nodePlugins {
@@ -52,12 +54,23 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 		filepath.Join(l.opts.PluginDir, "podnetd"), "--node", ms.Name, "--kubeconfig", pkc, "--backend", l.opts.Backend}}); err != nil {
 		return err
 	}
+	proxies, err := l.serviceProxyComponents(b, ms)
+	if err != nil {
+		return err
+	}
+	for _, c := range proxies {
+		if err := l.start(c); err != nil {
+			return err
+		}
+	}
 	argv := append(append([]string{}, l.opts.NodeAgent...), "--node", ms.Name, "--ip", ms.IP.String(), "--kubeconfig", kc,
 		"--tls-cert", cert, "--tls-key", key, "--client-ca", b.Path(pki.CACert), "--write-cni-config=false")
 	if ms.ControlPlane {
 		argv = append(argv, "--control-plane")
 	}
-	return l.start(component{Machine: ms.Name, Name: "node-agent", Argv: argv})
+	// The agent runs CoreDNS images with the binary of CoreDNSDir.
+	return l.start(component{Machine: ms.Name, Name: "node-agent", Argv: argv,
+		Env: []string{images.CoreDNSDirEnv + "=" + l.opts.CoreDNSDir}})
 }
 
 // Client is a Kubernetes client with the lab's admin credentials.
@@ -67,6 +80,34 @@ func (l *Lab) Client() (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("load %s: %w", l.AdminKubeconfig(), err)
 	}
 	return kubernetes.NewForConfig(cfg)
+}
+
+// waitPodCIDR waits until the Node of a machine is registered and has its
+// pod subnet.
+func (l *Lab) waitPodCIDR(ctx context.Context, name string, timeout time.Duration) error {
+	c, err := l.Client()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err == nil && n.Spec.PodCIDR != "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			why := "not registered"
+			if err == nil {
+				why = "no pod CIDR allocated"
+			}
+			return fmt.Errorf("node %s: %s after %s; see %s", name, why, timeout, l.LogDir())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // waitNodesReady waits for every machine's Node to be Ready, labels the

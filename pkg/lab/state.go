@@ -16,10 +16,12 @@ const DefaultStateDir = "/run/podnet-lab"
 
 // State is what a lab has made, written before it is made.
 type State struct {
-	Created  time.Time     `json:"created"`
-	Backend  string        `json:"backend"`
-	Machines []MachineSpec `json:"machines"`
-	K8sDir   string        `json:"k8sDir"`
+	Created time.Time `json:"created"`
+	Backend string    `json:"backend"`
+	// ServiceProxy is the --service-proxy of `lab up` (see ServiceProxy).
+	ServiceProxy string        `json:"serviceProxy,omitempty"`
+	Machines     []MachineSpec `json:"machines"`
+	K8sDir       string        `json:"k8sDir"`
 	// Phase is "building" until Up has finished, then "up".
 	Phase string `json:"phase"`
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"text/tabwriter"
 	"time"
@@ -26,8 +27,13 @@ func PrintStatus(w io.Writer, dir string) error {
 		fmt.Fprintln(w, "no lab is up (podnetctl lab up builds one)")
 		return nil
 	}
-	l := New(Options{Dir: dir, K8sDir: st.K8sDir})
-	fmt.Fprintf(w, "lab %s since %s, backend %s, Kubernetes %s\n\n", st.Phase, st.Created.Local().Format(time.RFC3339), st.Backend, filepath.Base(st.K8sDir))
+	proxy := ServiceProxy(st.ServiceProxy)
+	if proxy == "" {
+		proxy = ServiceProxyNone // a lab from before the option
+	}
+	l := New(Options{Dir: dir, K8sDir: st.K8sDir, ServiceProxy: proxy})
+	fmt.Fprintf(w, "lab %s since %s, backend %s, service proxy %s, Kubernetes %s\n\n", st.Phase, st.Created.Local().Format(time.RFC3339),
+		st.Backend, proxy, filepath.Base(st.K8sDir))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "MACHINE\tADDRESS\tNAMESPACES\tCOMPONENTS")
 	root := cgroup.Group{}
@@ -44,7 +50,7 @@ func PrintStatus(w io.Writer, dir string) error {
 			state := "down"
 			if root.Path != "" && root.Sub(ms.Name+"/"+c).Populated() {
 				state = "running"
-				if url, ok := healthURL[c]; ok && ns == "ok" {
+				if url, ok := healthURL(c, ms); ok && ns == "ok" {
 					if answering(dir, ms.Name, url) {
 						state += ",answering"
 					} else {
@@ -85,14 +91,19 @@ func PrintStatus(w io.Writer, dir string) error {
 	return nil
 }
 
-// healthURL is where each control plane component answers, on its
-// machine's loopback.
-var healthURL = map[string]string{
-	"etcd":                    "http://127.0.0.1:2379/health",
-	"kube-apiserver":          "https://127.0.0.1:6443/readyz",
-	"kube-controller-manager": "https://127.0.0.1:10257/healthz",
-	"kube-scheduler":          "https://127.0.0.1:10259/healthz",
-	"podnetd":                 "http://127.0.0.1:9965/healthz",
+// healthURL is where a component answers on its machine: control plane
+// components and podnetd on the loopback, kube-proxy on the machine's
+// address (where load balancers would probe it).
+func healthURL(component string, ms MachineSpec) (string, bool) {
+	u, ok := map[string]string{
+		"etcd":                    "http://127.0.0.1:2379/health",
+		"kube-apiserver":          "https://127.0.0.1:6443/readyz",
+		"kube-controller-manager": "https://127.0.0.1:10257/healthz",
+		"kube-scheduler":          "https://127.0.0.1:10259/healthz",
+		"podnetd":                 "http://127.0.0.1:9965/healthz",
+		"kube-proxy":              fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(ms.IP, kubeProxyHealthPort)),
+	}[component]
+	return u, ok
 }
 
 // answering reports whether url answers 200 from inside the machine.
@@ -108,6 +119,9 @@ func componentsOn(l *Lab, ms MachineSpec) []string {
 		for _, c := range l.controlPlane() {
 			out = append(out, c.Name)
 		}
+	}
+	if l.opts.ServiceProxy == ServiceProxyKubeProxy {
+		out = append(out, "kube-proxy")
 	}
 	return append(out, "podnetd", "node-agent")
 }

@@ -197,6 +197,10 @@ func plug(m MachineSpec, far bool) error {
 		{"ip", "-n", m.Name, "addr", "add", netip.PrefixFrom(m.IP, m.Segment().Bits()).String(), "dev", NodeLink},
 		{"ip", "-n", m.Name, "link", "set", NodeLink, "up"},
 		{"ip", "-n", m.Name, "route", "add", InternetNet.String(), "via", gw.String(), "dev", NodeLink},
+		// What a node's default route does for Service addresses: gives
+		// them a route, so that the service proxy's DNAT (in the output
+		// hook, after routing) gets to see the machine's own packets.
+		{"ip", "-n", m.Name, "route", "add", ServiceCIDR.String(), "via", gw.String(), "dev", NodeLink},
 	}
 	if far {
 		via := RouterIP

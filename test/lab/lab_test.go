@@ -207,6 +207,13 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	e.downLeavesNothing(t)
+}
+
+// downLeavesNothing runs `lab down` and checks that no namespace, link,
+// mount, state or process of the lab is left.
+func (e *env) downLeavesNothing(t *testing.T) {
+	t.Helper()
 	if out, err := e.podnetctl("lab", "down"); err != nil {
 		t.Fatalf("lab down: %v\n%s", err, out)
 	}

@@ -14,7 +14,10 @@
 //   - registry.k8s.io/e2e-test-images/agnhost runs a built-in subset of agnhost
 //     (netexec, connect, pause, serve-hostname) compatible with what the
 //     Kubernetes network e2e tests use;
-//   - registry.k8s.io/pause blocks until it is told to stop.
+//   - registry.k8s.io/pause blocks until it is told to stop;
+//   - registry.k8s.io/coredns/coredns (and coredns/coredns) runs the real
+//     CoreDNS, CoreDNSVersion whatever the tag, built from its Go module by
+//     hack/coredns.sh (found in $PODNET_COREDNS_DIR or DefaultCoreDNSDir).
 //
 // [Resolve] applies the Kubernetes command/args semantics to an image and
 // returns a [Program]: a host executable or the name of a built-in. The lab

@@ -38,7 +38,7 @@ var (
 )
 
 // supportedImages is the list shown to the user when an image is refused.
-const supportedImages = "busybox, nicolaka/netshoot, nginx, httpd, registry.k8s.io/pause or registry.k8s.io/e2e-test-images/agnhost"
+const supportedImages = "busybox, nicolaka/netshoot, nginx, httpd, registry.k8s.io/pause, registry.k8s.io/e2e-test-images/agnhost or registry.k8s.io/coredns/coredns"
 
 // Program is what the lab runs for one container: either a built-in (run with
 // RunBuiltin inside the pod's netns) or an executable of the host.
@@ -84,6 +84,7 @@ const (
 	kindHTTPD               // built-in httpd, or host tools
 	kindAgnhost             // built-in agnhost, or host tools
 	kindPause               // only /pause
+	kindCoreDNS             // only /coredns, the binary hack/coredns.sh builds
 )
 
 // imageSpec is what the lab knows of an image: its kind and the ENTRYPOINT
@@ -114,6 +115,8 @@ func lookupImage(ref string) (imageSpec, bool) {
 		return imageSpec{kind: kindAgnhost, entrypoint: []string{"/agnhost"}}, true
 	case "registry.k8s.io/pause":
 		return imageSpec{kind: kindPause, entrypoint: []string{"/pause"}}, true
+	case "registry.k8s.io/coredns/coredns", "registry.k8s.io/coredns", "coredns/coredns":
+		return imageSpec{kind: kindCoreDNS, entrypoint: []string{"/coredns"}}, true
 	}
 	return imageSpec{}, false
 }
@@ -190,6 +193,12 @@ func Resolve(image string, command, args []string, ports []int32) (Program, erro
 		}
 		return Program{}, &unsupportedError{fmt.Sprintf(
 			"image %q has only /pause: the podnet lab cannot run %q in it", image, argv[0])}
+	case kindCoreDNS:
+		if name == "coredns" {
+			return coreDNSProgram(image, argv[1:])
+		}
+		return Program{}, &unsupportedError{fmt.Sprintf(
+			"image %q has only /coredns: the podnet lab cannot run %q in it", image, argv[0])}
 	case kindShell:
 		// "busybox ping ..." runs the applet; the host has the tool itself.
 		if name == "busybox" && len(argv) > 1 {

@@ -128,7 +128,7 @@ func TestResolveUnsupported(t *testing.T) {
 		want          string
 	}{
 		{"foo/bar", nil, nil, `image "foo/bar" is not one the podnet lab can run: use busybox, nicolaka/netshoot, nginx, httpd, ` +
-			`registry.k8s.io/pause or registry.k8s.io/e2e-test-images/agnhost`},
+			`registry.k8s.io/pause, registry.k8s.io/e2e-test-images/agnhost or registry.k8s.io/coredns/coredns`},
 		{"ubuntu:24.04", nil, nil, `image "ubuntu:24.04" is not one the podnet lab can run: use busybox`},
 		{"localhost:5000/busybox", nil, nil, `image "localhost:5000/busybox" is not one`},
 		{"", nil, nil, `image "" is not one`},

@@ -53,6 +53,10 @@ func (m *Machine) utsFile() string { return filepath.Join(m.NSDir, m.Name+".uts"
 // overlays are the directories a machine gets its own writable copy of.
 var overlays = []string{"/etc", "/opt", "/var/lib"}
 
+// OwnDirs are the directories a machine has its own writable copy of
+// (overlays on the host's): what is written there stays on the machine.
+func OwnDirs() []string { return append([]string(nil), overlays...) }
+
 func run(args ...string) error {
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {

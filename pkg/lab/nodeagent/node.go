@@ -46,7 +46,10 @@ type Config struct {
 	WriteCNIConfig bool
 	// PodnetDataDir is the podnet plugin's reservation store.
 	PodnetDataDir string
-	Log           *slog.Logger
+	// NodeDirs are the node's own directory trees (the machine's
+	// overlays), where mount points for volumes may be made.
+	NodeDirs []string
+	Log      *slog.Logger
 }
 
 // Agent is a running node agent.
@@ -63,6 +66,10 @@ type Agent struct {
 	pods map[types.UID]*podState
 	// probes run the containers' readiness, liveness and startup probes.
 	probes *probeManager
+	// sources read what volumes and environments reference.
+	sources apiSources
+	// retries hold back pods whose start failed (pod loop only).
+	retries map[types.UID]startRetry
 }
 
 // New returns an agent using client.
@@ -70,7 +77,8 @@ func New(cfg Config, client kubernetes.Interface) *Agent {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Agent{cfg: cfg, client: client, log: cfg.Log.With("node", cfg.NodeName), pods: map[types.UID]*podState{}}
+	return &Agent{cfg: cfg, client: client, log: cfg.Log.With("node", cfg.NodeName), pods: map[types.UID]*podState{},
+		sources: apiSources{client: client, tokens: newTokenCache()}, retries: map[types.UID]startRetry{}}
 }
 
 const (

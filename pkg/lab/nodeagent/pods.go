@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,11 +29,16 @@ type podState struct {
 	uid        types.UID
 	namespace  string
 	name       string
+	hostname   string
 	sb         *sandbox
 	resolv     string
 	hosts      string
+	volumes    map[string]string // volume name → its directory
 	containers map[string]*ctr
 	lastStatus string // the status last sent, to skip identical updates
+	// volumesSynced is when the volumes were last projected (pod loop
+	// only).
+	volumesSynced time.Time
 }
 
 // ctr is one container: a process tree in its own cgroup.
@@ -39,13 +46,16 @@ type ctr struct {
 	spec     corev1.Container
 	prog     images.Program
 	imageErr error
-	running  bool
-	pid      int // of the container's main process, while running
-	started  time.Time
-	restarts int32
-	last     *corev1.ContainerStateTerminated
-	nextTry  time.Time
-	backoff  time.Duration
+	// configErr is why the container could not be set up (its mounts or
+	// environment: kubelet's CreateContainerConfigError); retried.
+	configErr error
+	running   bool
+	pid       int // of the container's main process, while running
+	started   time.Time
+	restarts  int32
+	last      *corev1.ContainerStateTerminated
+	nextTry   time.Time
+	backoff   time.Duration
 }
 
 // runPods runs the pods bound to this node until ctx ends: an informer marks
@@ -100,6 +110,8 @@ func (a *Agent) syncPods(ctx context.Context, store cache.Store) {
 			if ps != nil {
 				a.stopPod(ctx, ps, gracePeriod(pod))
 				a.forget(pod.UID)
+			} else {
+				a.abandon(pod.UID)
 			}
 			err := a.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name,
 				metav1.DeleteOptions{GracePeriodSeconds: new(int64), Preconditions: &metav1.Preconditions{UID: &pod.UID}})
@@ -107,21 +119,29 @@ func (a *Agent) syncPods(ctx context.Context, store cache.Store) {
 				a.log.Warn("delete pod", "pod", pod.Namespace+"/"+pod.Name, "err", err)
 			}
 		case ps == nil:
-			if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed || !a.mayStart(pod.UID) {
 				continue
 			}
 			ps, err := a.startPod(ctx, pod)
 			if err != nil {
 				a.log.Warn("start pod", "pod", pod.Namespace+"/"+pod.Name, "err", err)
 				a.reportSandboxError(ctx, pod, err)
+				a.startFailed(pod.UID)
 				continue
 			}
+			delete(a.retries, pod.UID)
 			a.mu.Lock()
 			a.pods[pod.UID] = ps
 			a.mu.Unlock()
 			a.reconcile(ctx, pod, ps)
 		default:
+			a.refreshVolumes(ctx, pod, ps)
 			a.reconcile(ctx, pod, ps)
+		}
+	}
+	for uid := range a.retries {
+		if !seen[uid] {
+			a.abandon(uid)
 		}
 	}
 	a.mu.Lock()
@@ -151,10 +171,23 @@ func gracePeriod(pod *corev1.Pod) time.Duration {
 	return 30 * time.Second
 }
 
-// startPod creates the sandbox and resolves every container's image.
+// startPod makes the pod's volumes, then its sandbox (so that a volume
+// that cannot be made costs no network attachment), and resolves every
+// container's image.
 func (a *Agent) startPod(ctx context.Context, pod *corev1.Pod) (*podState, error) {
+	info := podInfo{hostIP: a.cfg.NodeIP.String()}
+	if _, err := a.setupVolumes(ctx, pod, info); err != nil {
+		return nil, err
+	}
 	sb, err := a.createSandbox(ctx, pod)
 	if err != nil {
+		return nil, err
+	}
+	// Again with the pod's IP, for the downward API's status.podIP.
+	info.podIP = sb.ips[0].String()
+	vols, err := a.setupVolumes(ctx, pod, info)
+	if err != nil {
+		_ = a.deleteSandbox(ctx, sb)
 		return nil, err
 	}
 	resolv, hosts, err := a.writePodFiles(pod, sb.ips[0])
@@ -162,8 +195,8 @@ func (a *Agent) startPod(ctx context.Context, pod *corev1.Pod) (*podState, error
 		_ = a.deleteSandbox(ctx, sb)
 		return nil, err
 	}
-	ps := &podState{uid: pod.UID, namespace: pod.Namespace, name: pod.Name, sb: sb, resolv: resolv, hosts: hosts,
-		containers: map[string]*ctr{}}
+	ps := &podState{uid: pod.UID, namespace: pod.Namespace, name: pod.Name, hostname: podHostname(pod), sb: sb,
+		resolv: resolv, hosts: hosts, volumes: vols, containers: map[string]*ctr{}, volumesSynced: time.Now()}
 	for _, c := range pod.Spec.Containers {
 		var ports []int32
 		for _, p := range c.Ports {
@@ -209,9 +242,9 @@ func (a *Agent) reconcile(ctx context.Context, pod *corev1.Pod, ps *podState) {
 		if c.last != nil && !shouldRestart(pod.Spec.RestartPolicy, c.last.ExitCode) {
 			continue
 		}
-		if err := a.startContainer(ps, c); err != nil {
+		if err := a.startContainer(ctx, pod, ps, c); err != nil {
 			a.log.Warn("start container", "pod", pod.Namespace+"/"+pod.Name, "container", c.spec.Name, "err", err)
-			c.imageErr = err
+			c.configErr, c.nextTry = err, now.Add(10*time.Second)
 		}
 	}
 	a.reportStatus(ctx, pod, ps)
@@ -228,25 +261,14 @@ func shouldRestart(p corev1.RestartPolicy, code int32) bool {
 }
 
 // startContainer runs the container's program in the pod's network
-// namespace, in a mount and UTS namespace of its own where /etc/resolv.conf
-// and /etc/hosts are the pod's and the hostname is the pod's name.
-func (a *Agent) startContainer(ps *podState, c *ctr) error {
-	g, err := a.podGroup(ps.uid, c.spec.Name)
+// namespace, in a mount and UTS namespace of its own where the volumes are
+// mounted, /etc/resolv.conf and /etc/hosts are the pod's and the hostname
+// is the pod's.
+func (a *Agent) startContainer(ctx context.Context, pod *corev1.Pod, ps *podState, c *ctr) error {
+	cmd, err := a.containerCmd(ctx, pod, ps, c)
 	if err != nil {
 		return err
 	}
-	argv := []string{c.prog.Path}
-	if c.prog.Builtin != "" {
-		self, _ := os.Executable()
-		argv = []string{self, "lab", "run-builtin", c.prog.Builtin}
-	}
-	argv = append(argv, c.prog.Args...)
-	inner := append([]string{"/bin/sh", "-c",
-		`mount --bind "$0" /etc/resolv.conf && mount --bind "$1" /etc/hosts && hostname "$2" && shift 3 && exec "$@"`,
-		ps.resolv, ps.hosts, ps.name, "-"}, argv...)
-	full := append([]string{"nsenter", "--net=" + ps.sb.path(), "--", "unshare", "--mount", "--uts", "--propagation", "private", "--"}, inner...)
-	full = g.Wrap(full...)
-	cmd := exec.Command(full[0], full[1:]...)
 	// One log file per container instance, as kubelet keeps them
 	// (logs/<container>/<restart count>.log): `kubectl logs` shows the
 	// current instance, `--previous` the one before.
@@ -263,43 +285,82 @@ func (a *Agent) startContainer(ps *podState, c *ctr) error {
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = "/"
-	if c.spec.WorkingDir != "" {
-		cmd.Dir = c.spec.WorkingDir
-	}
-	cmd.Env = []string{"PATH=" + images.ContainerPATH, "HOSTNAME=" + ps.name,
-		"KUBERNETES_SERVICE_HOST=10.96.0.1", "KUBERNETES_SERVICE_PORT=443"}
-	for _, e := range c.spec.Env {
-		if e.ValueFrom == nil {
-			cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
-		}
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("start %s: %w", argv[0], err)
+		return fmt.Errorf("start %s: %w", c.prog, err)
 	}
 	logf.Close()
 	if c.last != nil {
 		c.restarts++
 	}
+	c.configErr = nil
 	c.running, c.started, c.pid = true, time.Now(), cmd.Process.Pid
 	a.probes.Start(probeKey(ps, c), c.spec, probeTarget{PodIP: ps.sb.ips[0], PID: c.pid, StartedAt: c.started})
-	go func() {
-		err := cmd.Wait()
-		code := int32(0)
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = int32(ee.ExitCode())
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				code = 128 + int32(ws.Signal())
-			}
-		} else if err != nil {
-			code = 128
-		}
-		a.probes.Stop(probeKey(ps, c))
-		a.containerExited(c, code)
-	}()
+	go a.waitContainer(cmd, ps, c)
 	return nil
+}
+
+// containerCmd is the command that runs a container: into its cgroup, the
+// pod's network namespace, new mount and UTS namespaces, the setup script
+// (containerSetup), then the program with the container's environment.
+func (a *Agent) containerCmd(ctx context.Context, pod *corev1.Pod, ps *podState, c *ctr) (*exec.Cmd, error) {
+	g, err := a.podGroup(ps.uid, c.spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	plan, scratch, err := a.containerMounts(ps, c.spec)
+	if err != nil {
+		return nil, err
+	}
+	info := podInfo{podIP: ps.sb.ips[0].String(), hostIP: a.cfg.NodeIP.String()}
+	env, err := specEnv(ctx, a.sources, pod, info, c.spec)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", c.spec.Name, err)
+	}
+	argv := []string{c.prog.Path}
+	if c.prog.Builtin != "" {
+		self, _ := os.Executable()
+		argv = []string{self, "lab", "run-builtin", c.prog.Builtin}
+	}
+	argv = append(argv, c.prog.Args...)
+	script := containerSetup(plan, scratch, ps.resolv, ps.hosts, ps.hostname, c.spec.WorkingDir)
+	full := append([]string{"nsenter", "--net=" + ps.sb.path(), "--", "unshare", "--mount", "--uts", "--propagation", "private", "--",
+		"/bin/sh", "-c", script, "-"}, argv...)
+	full = g.Wrap(full...)
+	cmd := exec.Command(full[0], full[1:]...)
+	cmd.Dir = "/"
+	cmd.Env = mergeEnv([]string{"PATH=" + images.ContainerPATH, "HOSTNAME=" + ps.hostname,
+		"KUBERNETES_SERVICE_HOST=10.96.0.1", "KUBERNETES_SERVICE_PORT=443"}, env)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd, nil
+}
+
+// mergeEnv is base with env's variables added, a name in env replacing
+// the same name in base (the pod spec's env wins, as in kubelet).
+func mergeEnv(base, env []string) []string {
+	out := slices.Clone(base)
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		out = slices.DeleteFunc(out, func(s string) bool { return strings.HasPrefix(s, name+"=") })
+		out = append(out, kv)
+	}
+	return out
+}
+
+// waitContainer records the container's exit.
+func (a *Agent) waitContainer(cmd *exec.Cmd, ps *podState, c *ctr) {
+	err := cmd.Wait()
+	code := int32(0)
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = int32(ee.ExitCode())
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int32(ws.Signal())
+		}
+	} else if err != nil {
+		code = 128
+	}
+	a.probes.Stop(probeKey(ps, c))
+	a.containerExited(c, code)
 }
 
 func probeKey(ps *podState, c *ctr) string { return string(ps.uid) + "/" + c.spec.Name }
@@ -376,5 +437,6 @@ func (a *Agent) stopPod(ctx context.Context, ps *podState, grace time.Duration) 
 		a.log.Warn("delete sandbox", "pod", ps.namespace+"/"+ps.name, "err", err)
 	}
 	_ = os.RemoveAll(filepath.Join(a.cfg.PodDir, string(ps.uid)))
+	a.sources.tokens.forget(ps.uid)
 	a.log.Info("pod stopped", "pod", ps.namespace+"/"+ps.name)
 }

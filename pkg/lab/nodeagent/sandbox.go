@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -130,19 +129,4 @@ func portMappings(pod *corev1.Pod) []map[string]any {
 		}
 	}
 	return out
-}
-
-// writePodFiles writes the pod's resolv.conf and hosts, as kubelet does.
-func (a *Agent) writePodFiles(pod *corev1.Pod, ip netip.Addr) (resolv, hosts string, err error) {
-	dir := filepath.Join(a.cfg.PodDir, string(pod.UID))
-	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
-		return "", "", err
-	}
-	resolv, hosts = filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "hosts")
-	rc := fmt.Sprintf("search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n", pod.Namespace)
-	hc := fmt.Sprintf("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", ip, pod.Name)
-	if err := os.WriteFile(resolv, []byte(rc), 0o644); err != nil {
-		return "", "", err
-	}
-	return resolv, hosts, os.WriteFile(hosts, []byte(hc), 0o644)
 }

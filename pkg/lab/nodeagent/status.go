@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,6 +31,8 @@ func (a *Agent) podStatus(pod *corev1.Pod, ps *podState) corev1.PodStatus {
 		switch {
 		case c.imageErr != nil:
 			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: c.imageErr.Error()}
+		case c.configErr != nil && !c.running:
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CreateContainerConfigError", Message: c.configErr.Error()}
 		case c.running:
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.started)}
 			started := a.probes.Started(probeKey(ps, c))
@@ -107,12 +110,17 @@ func (a *Agent) reportStatus(ctx context.Context, pod *corev1.Pod, ps *podState)
 	ps.lastStatus = string(b)
 }
 
-// reportSandboxError tells the user why the pod could not start.
+// reportSandboxError tells the user why the pod could not start: its
+// volumes (FailedMount) or its sandbox (FailedCreatePodSandBox).
 func (a *Agent) reportSandboxError(ctx context.Context, pod *corev1.Pod, err error) {
 	p := pod.DeepCopy()
 	p.Status.Phase = corev1.PodPending
 	p.Status.Conditions = setConditions(p.Status.Conditions, map[corev1.PodConditionType]bool{corev1.PodScheduled: true})
 	p.Status.Conditions[0].Reason = "FailedCreatePodSandBox"
+	var me *mountError
+	if errors.As(err, &me) {
+		p.Status.Conditions[0].Reason = "FailedMount"
+	}
 	p.Status.Conditions[0].Message = err.Error()
 	p.Status.HostIP = a.cfg.NodeIP.String()
 	if _, uerr := a.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{}); uerr != nil {

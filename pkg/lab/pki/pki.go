@@ -46,6 +46,7 @@ const (
 	AdminKubeconfig          = "admin.conf"
 	ControllerManagerConfig  = "controller-manager.conf"
 	SchedulerKubeconfig      = "scheduler.conf"
+	KubeProxyKubeconfigFile  = "kube-proxy.conf"
 	nodeKubeconfigPattern    = "node-%s.conf"
 	podnetdKubeconfigPattern = "podnetd-%s.conf"
 	kubeletServingPattern    = "kubelet-%s"
@@ -63,6 +64,9 @@ const (
 	NodesGroup        = "system:nodes"
 	PodnetdUser       = "podnetd"
 	PodnetdGroup      = "podnet:agents"
+	// KubeProxyUser is bound to the ClusterRole system:node-proxier by
+	// the API server's bootstrap RBAC policy.
+	KubeProxyUser = "system:kube-proxy"
 	// KubeconfigName names the cluster, user and context in every kubeconfig.
 	KubeconfigName = "podnet-lab"
 )
@@ -238,6 +242,13 @@ func (b *Bundle) PodnetdKubeconfig(name string) (string, error) {
 		return "", fmt.Errorf("podnetd kubeconfig: %w", err)
 	}
 	return b.ensureKubeconfig(fmt.Sprintf(podnetdKubeconfigPattern, name), PodnetdUser, []string{PodnetdGroup})
+}
+
+// KubeProxyKubeconfig writes (or keeps) kube-proxy.conf, authenticating
+// as system:kube-proxy (what kubeadm gives kube-proxy: one identity for
+// every node), and returns its path.
+func (b *Bundle) KubeProxyKubeconfig() (string, error) {
+	return b.ensureKubeconfig(KubeProxyKubeconfigFile, KubeProxyUser, nil)
 }
 
 // NodeServingCert writes (or keeps) kubelet-<name>.crt/.key, the serving

@@ -215,8 +215,12 @@ func TestKubeconfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if filepath.Base(node) != "node-node-1.conf" || filepath.Base(agent) != "podnetd-node-1.conf" {
-		t.Errorf("paths %s, %s", node, agent)
+	proxy, err := b.KubeProxyKubeconfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Base(node) != "node-node-1.conf" || filepath.Base(agent) != "podnetd-node-1.conf" || filepath.Base(proxy) != "kube-proxy.conf" {
+		t.Errorf("paths %s, %s, %s", node, agent, proxy)
 	}
 	for _, tc := range []struct {
 		path, cn string
@@ -227,6 +231,7 @@ func TestKubeconfigs(t *testing.T) {
 		{b.Path(SchedulerKubeconfig), "system:kube-scheduler", nil},
 		{node, "system:node:node-1", []string{"system:nodes"}},
 		{agent, "podnetd", []string{"podnet:agents"}},
+		{proxy, "system:kube-proxy", nil},
 	} {
 		data := mustRead(t, tc.path)
 		for _, want := range []string{"apiVersion: v1\n", "kind: Config\n", "current-context: podnet-lab\n"} {
