@@ -78,7 +78,7 @@ func TestLabHostGW(t *testing.T) {
 // waiting for a timeout.
 func hostGWRefusesFar(t *testing.T, e *env) {
 	t.Helper()
-	if r := e.onNode("node-1", "ip route show 10.244.3.0/24"); strings.TrimSpace(r) != "" {
+	if r := e.onNode("node-1", "ip route show "+podCIDR(t, e, "node-3").String()); strings.TrimSpace(r) != "" {
 		t.Errorf("host-gw on node-1 routes node-3's pods although node-3 is on another segment: %s", r)
 	}
 	want := "host-gw needs nodes on one L2 segment: 192.168.57.13 is not in 192.168.56.0/24"

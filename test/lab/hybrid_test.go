@@ -1,12 +1,15 @@
 package lab_test
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // TestLabHybrid runs the lab with node-3 on a second underlay segment
@@ -24,15 +27,18 @@ func TestLabHybrid(t *testing.T) {
 
 	t.Run("paths", func(t *testing.T) {
 		// node-1: node-2 by a plain route on the segment, node-3 through
-		// the overlay; node-3: everything through the overlay.
+		// the overlay; node-3: everything through the overlay. Subnets are
+		// read from the Nodes: node IPAM need not hand them out in order.
+		c1, c2, c3 := podCIDR(t, e, "node-1"), podCIDR(t, e, "node-2"), podCIDR(t, e, "node-3")
 		r1 := e.onNode("node-1", "ip route show proto 201")
-		for _, want := range []string{`10.244.2.0/24 via 192.168.56.12 dev eth1`, `10.244.3.0/24 via 10.244.3.0 dev podnet.1 .*onlink`} {
+		for _, want := range []string{regexp.QuoteMeta(c2.String()) + ` via 192.168.56.12 dev eth1`, regexp.QuoteMeta(c3.String()+" via "+c3.Addr().String()) + ` dev podnet.1 .*onlink`} {
 			if !regexp.MustCompile(want).MatchString(r1) {
 				t.Errorf("node-1's podnet routes lack %q:\n%s", want, r1)
 			}
 		}
 		r3 := e.onNode("node-3", "ip route show proto 201")
-		for _, want := range []string{`10.244.1.0/24 via 10.244.1.0 dev podnet.1 .*onlink`, `10.244.2.0/24 via 10.244.2.0 dev podnet.1 .*onlink`} {
+		for _, c := range []netip.Prefix{c1, c2} {
+			want := regexp.QuoteMeta(c.String()+" via "+c.Addr().String()) + ` dev podnet.1 .*onlink`
 			if !regexp.MustCompile(want).MatchString(r3) {
 				t.Errorf("node-3's podnet routes lack %q:\n%s", want, r3)
 			}
@@ -49,9 +55,10 @@ func TestLabHybrid(t *testing.T) {
 		// pod. Through the overlay: node-3's gateway, node-1's VTEP
 		// (10.244.1.0), the pod — the router between the segments is
 		// inside the tunnel and does not show.
+		gw := func(n string) string { return podCIDR(t, e, n).Addr().Next().String() }
 		for _, c := range []struct{ from, want string }{
-			{"node-2", "10.244.2.1 192.168.56.11 " + ips["node-1"]},
-			{"node-3", "10.244.3.1 10.244.1.0 " + ips["node-1"]},
+			{"node-2", gw("node-2") + " 192.168.56.11 " + ips["node-1"]},
+			{"node-3", gw("node-3") + " " + podCIDR(t, e, "node-1").Addr().String() + " " + ips["node-1"]},
 		} {
 			out, err := e.podnetctl("lab", "kubectl", "--", "exec", "tb-"+c.from, "--", "traceroute", "-n", "-w", "2", ips["node-1"])
 			if err != nil {
@@ -109,6 +116,20 @@ func everyPodReachesEveryPod(t *testing.T, e *env, nodes []string, ips map[strin
 			}
 		}
 	}
+}
+
+// podCIDR is the node's pod subnet, from its Node.
+func podCIDR(t *testing.T, e *env, node string) netip.Prefix {
+	t.Helper()
+	n, err := e.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := netip.ParsePrefix(n.Spec.PodCIDR)
+	if err != nil {
+		t.Fatalf("node %s: podCIDR %q: %v", node, n.Spec.PodCIDR, err)
+	}
+	return p
 }
 
 // traceHops is the hop addresses of traceroute -n output, space-separated.
