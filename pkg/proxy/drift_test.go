@@ -57,6 +57,35 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 	}
 }
 
+// The pick maps, where policy chains find their endpoints, are repaired
+// too: flushed behind the Proxier's back, the Services would lead nowhere.
+func TestFullSyncRepairsPickMaps(t *testing.T) {
+	st := newCluster(5).state()
+	want := fullDump(t, st)
+	r := newRecorder()
+	p := New(r, Config{})
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	drift(t, r.Fake, func(tx *knftables.Transaction) {
+		for name := range r.Fake.Table.Maps {
+			if isPickMap(name) {
+				tx.Flush(&knftables.Map{Name: name})
+			}
+		}
+	})
+	p.RequestFullSync()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if got := normDump(r.Fake); got != want {
+		t.Errorf("after a full sync:\n%s\nwant:\n%s", got, want)
+	}
+	tr := newTracer(t, r.Fake, addrStrings(labNode.IPs)...)
+	tr.expect("to svc-00002", packet{src: podHere, dst: "10.96.0.3", proto: TCP, dport: 80},
+		expect{endpoints: []string{"10.244.1.4:8080", "10.244.2.4:8080"}, verdict: "accept", masq: "none"})
+}
+
 // A partial sync that meets drift fails in nft; the Proxier then syncs the
 // whole table at once, within the same Sync.
 func TestPartialSyncFailureFallsBackToFullSync(t *testing.T) {
@@ -210,13 +239,13 @@ func TestMetrics(t *testing.T) {
 	p := New(newFake(), Config{Metrics: reg})
 	svcs, sl := webFixture()
 	syncState(t, p, labNode, svcs, sl)
-	// 2 ports × (svc chain + 3 endpoint chains), plus the skeleton.
+	// 2 ports × 1 policy chain, plus the skeleton.
 	static := len(baseChains) + len(staticChains(IPv4, labNode, 0))
-	if got := metricValue(t, reg, "podnet_proxy_chains"); got != float64(static+8) {
-		t.Errorf("chains gauge %v, want %d", got, static+8)
+	if got := metricValue(t, reg, "podnet_proxy_chains"); got != float64(static+2) {
+		t.Errorf("chains gauge %v, want %d", got, static+2)
 	}
-	// Per port: masquerade + numgen, and 2 rules per endpoint chain.
-	if got, want := metricValue(t, reg, "podnet_proxy_rules"), float64(staticRuleCount(IPv4, labNode)+2*(2+3*2)); got != want {
+	// Per port: masquerade and DNAT.
+	if got, want := metricValue(t, reg, "podnet_proxy_rules"), float64(staticRuleCount(IPv4, labNode)+2*2); got != want {
 		t.Errorf("rules gauge %v, want %v", got, want)
 	}
 	if got := metricValue(t, reg, "podnet_proxy_service_ports"); got != 2 {

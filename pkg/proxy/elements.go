@@ -29,14 +29,15 @@ type claim struct {
 type elemClaims map[string][]claim
 
 // add records owner's claim on e's key and returns the owner of another
-// claim on it, if any (a conflict to report).
+// claim on it that wants another value, if any (a conflict to report;
+// claims on the same set element, a hairpin pair, are no conflict).
 func (c elemClaims) add(owner string, e elemObj) string {
 	cl := c[e.id]
 	i, _ := slices.BinarySearchFunc(cl, owner, func(x claim, o string) int { return strings.Compare(x.owner, o) })
 	cl = slices.Insert(cl, i, claim{owner, e})
 	c[e.id] = cl
 	for _, x := range cl {
-		if x.owner != owner {
+		if x.owner != owner && x.e.value != e.value {
 			return x.owner
 		}
 	}

@@ -20,7 +20,7 @@ const (
 	svcChainPrefix = "svc-" // Cluster policy: every usable endpoint
 	locChainPrefix = "loc-" // Local policy: this node's endpoints
 	extChainPrefix = "ext-" // external destinations: masquerade or Local policy
-	epChainPrefix  = "ep-"  // one endpoint: hairpin mark, affinity, DNAT
+	epChainPrefix  = "ep-"  // one endpoint of an affinity port: record the client, DNAT
 	affSetPrefix   = "aff-" // one endpoint's sessionAffinity clients
 )
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -60,6 +61,8 @@ type Proxier struct {
 	node     Node
 	lastFull time.Time
 	needFull bool
+	failed   bool       // the last sync failed: render everything anew
+	alloc    *pickAlloc // the pick-map key ranges of the written ports
 }
 
 // portState is one Service port as written: the port it was rendered
@@ -119,8 +122,12 @@ func (p *Proxier) Sync(ctx context.Context, st *State) error {
 	start := p.cfg.Now()
 	sameNode := p.node.equal(st.Node)
 	full := p.needFull || !sameNode || start.Sub(p.lastFull) >= p.cfg.FullSyncPeriod
-	ports, changed := p.renderAll(st, sameNode)
-	mode, err := "partial", error(nil)
+	ports, changed, err := p.renderAll(st, sameNode && !p.failed)
+	if err != nil {
+		p.needFull, p.failed = true, true
+		return fmt.Errorf("sync table %s %s: %w", p.cfg.Family.NFT, TableName, err)
+	}
+	mode := "partial"
 	if !full {
 		if err = p.partial(ctx, ports, changed); err != nil {
 			p.metrics.syncs.WithLabelValues("partial", "error").Inc()
@@ -133,11 +140,11 @@ func (p *Proxier) Sync(ctx context.Context, st *State) error {
 	}
 	p.metrics.observe(mode, err, p.cfg.Now().Sub(start))
 	if err != nil {
-		p.needFull = true
+		p.needFull, p.failed = true, true
 		return err
 	}
 	old := p.written
-	p.written, p.node, p.needFull = ports, st.Node, false
+	p.written, p.node, p.needFull, p.failed = ports, st.Node, false, false
 	if mode == "full" {
 		p.lastFull = start
 	}
@@ -147,11 +154,18 @@ func (p *Proxier) Sync(ctx context.Context, st *State) error {
 }
 
 // renderAll renders every port of st, reusing the objects last written
-// for a port whose desired state is unchanged (when reuse is allowed: the
-// node facts that shape rules are the same). changed lists, sorted, the
-// ports whose objects are not the ones last written, and those gone.
-func (p *Proxier) renderAll(st *State, reuse bool) (map[ServicePortName]*portState, []ServicePortName) {
-	rc := newRenderCtx(p.cfg.Family, st.Node)
+// for a port whose desired state is unchanged, when reuse is allowed: the
+// node facts that shape rules are the same, and the last sync did not
+// fail (its allocations may have moved ranges that written ports own;
+// without reuse the ranges are allocated anew). changed lists, sorted,
+// the ports whose objects are not the ones last written, and those gone;
+// they are rendered in that order, so that the same history gives the
+// same ranges.
+func (p *Proxier) renderAll(st *State, reuse bool) (map[ServicePortName]*portState, []ServicePortName, error) {
+	if !reuse || p.alloc == nil {
+		p.alloc = newPickAlloc()
+	}
+	rc := newRenderCtx(p.cfg.Family, st.Node, p.alloc)
 	out := make(map[ServicePortName]*portState, len(st.Ports))
 	var changed []ServicePortName
 	for name, sp := range st.Ports {
@@ -159,17 +173,31 @@ func (p *Proxier) renderAll(st *State, reuse bool) (map[ServicePortName]*portSta
 			out[name] = old // the same desired state: the same objects
 			continue
 		}
-		out[name] = &portState{sp: sp, objs: render(rc, sp)}
 		changed = append(changed, name)
 	}
-	if len(out) != len(p.written)+len(changed) { // some written ports are gone
-		for name := range p.written {
-			if out[name] == nil {
-				changed = append(changed, name)
+	for name := range p.written {
+		if st.Ports[name] == nil {
+			changed = append(changed, name) // gone
+		}
+	}
+	for _, name := range sortNames(changed) {
+		var objs *portObjects
+		if sp := st.Ports[name]; sp != nil {
+			o, err := render(rc, sp)
+			if err != nil {
+				return nil, nil, err
+			}
+			objs, out[name] = o, &portState{sp: sp, objs: o}
+		}
+		if old := p.written[name]; old != nil && reuse {
+			for _, c := range old.objs.picks {
+				if objs == nil || !slices.Contains(objs.picks, c) {
+					p.alloc.release(c)
+				}
 			}
 		}
 	}
-	return out, sortNames(changed)
+	return out, changed, nil
 }
 
 // full rewrites the whole table in one transaction. If nft refuses it
@@ -248,7 +276,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	if err := p.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("delete table %s %s: %w", p.cfg.Family.NFT, TableName, err)
 	}
-	p.written, p.claims, p.elems, p.needFull = nil, nil, nil, true
+	p.written, p.claims, p.elems, p.alloc, p.node, p.needFull = nil, nil, nil, nil, Node{}, true
 	return nil
 }
 

@@ -25,11 +25,11 @@ type setObj struct {
 	timeout time.Duration
 }
 
-// elemObj is a verdict-map element (see newElem).
+// elemObj is a map element (see newElem), or a set element (no value).
 type elemObj struct {
-	mapName string
+	mapName string // or set name
 	key     []string
-	value   string
+	value   string // "" for a set element
 	id      string // map name and key
 }
 
@@ -41,6 +41,8 @@ type portObjects struct {
 	// endpoints are the endpoints that traffic can reach (the union of
 	// the Cluster and Local choices), for conntrack hygiene.
 	endpoints []Endpoint
+	// picks are the policy chains, which own key ranges of pick maps.
+	picks []string
 }
 
 func (o *portObjects) ruleCount() int {
@@ -60,10 +62,12 @@ type renderCtx struct {
 	// podShortcut: pod CIDRs are known, so this node's pods reaching an
 	// externalTrafficPolicy: Local destination use every endpoint.
 	podShortcut bool
+	// alloc hands out the policy chains' ranges of pick-map keys.
+	alloc *pickAlloc
 }
 
-func newRenderCtx(fam Family, n Node) renderCtx {
-	return renderCtx{fam: fam, masqOutside: len(n.ClusterCIDRs) > 0, podShortcut: len(n.ClusterCIDRs)+len(n.PodCIDRs) > 0}
+func newRenderCtx(fam Family, n Node, alloc *pickAlloc) renderCtx {
+	return renderCtx{fam: fam, masqOutside: len(n.ClusterCIDRs) > 0, podShortcut: len(n.ClusterCIDRs)+len(n.PodCIDRs) > 0, alloc: alloc}
 }
 
 // render computes the objects of sp. The port's traffic classes:
@@ -75,7 +79,7 @@ func newRenderCtx(fam Family, n Node) renderCtx {
 //     IPs) go to the ext- chain, which masquerades and continues to svc-
 //     (externalTrafficPolicy Cluster), or keeps the client's address and
 //     continues to loc- (Local), with no endpoint at all they are rejected.
-func render(rc renderCtx, sp *ServicePort) *portObjects {
+func render(rc renderCtx, sp *ServicePort) (*portObjects, error) {
 	pn := namesFor(sp.Name)
 	cl, lo := sp.ClusterEndpoints(), sp.LocalEndpoints()
 	useSvc := len(cl) > 0 && (!sp.InternalLocal || sp.External())
@@ -96,21 +100,38 @@ func render(rc renderCtx, sp *ServicePort) *portObjects {
 		o.endpoints = union(o.endpoints, lo)
 	}
 	for _, e := range o.endpoints {
-		o.chains = append(o.chains, endpointChain(rc.fam, sp, pn, e))
+		// Hairpin: a connection from the endpoint to itself is masqueraded.
+		// It can only be DNATed on the endpoint's own node (any other
+		// node's pods reach the Service through their own node).
+		if e.Local {
+			o.elems = append(o.elems, newElem(setHairpin, []string{e.IP.String(), e.IP.String()}, ""))
+		}
 		if sp.AffinityTimeout > 0 {
+			o.chains = append(o.chains, endpointChain(rc.fam, sp, pn, e))
 			o.sets = append(o.sets, setObj{name: pn.affinitySet(e, sp.AffinityTimeout), timeout: sp.AffinityTimeout})
 		}
 	}
-	if useSvc {
-		o.chains = append(o.chains, policyChain(rc, sp, pn, pn.svc, cl, internal == pn.svc))
-	}
-	if useLoc {
-		o.chains = append(o.chains, policyChain(rc, sp, pn, pn.loc, lo, internal == pn.loc))
+	for _, pc := range []struct {
+		use  bool
+		name string
+		eps  []Endpoint
+	}{{useSvc, pn.svc, cl}, {useLoc, pn.loc, lo}} {
+		if !pc.use {
+			continue
+		}
+		c, elems, err := policyChain(rc, sp, pn, pc.name, pc.eps, internal == pc.name)
+		if err != nil {
+			return nil, err
+		}
+		o.chains, o.elems = append(o.chains, c), append(o.elems, elems...)
+		if len(elems) > 0 {
+			o.picks = append(o.picks, pc.name)
+		}
 	}
 	if sp.External() && len(cl) > 0 {
 		o.chains = append(o.chains, externalChain(rc, sp, pn, len(lo) > 0))
 	}
-	return o
+	return o, nil
 }
 
 // The static chains, sets and maps that per-port objects refer to.
@@ -123,6 +144,7 @@ const (
 	chainMarkMasq      = "mark-for-masquerade"
 	setClusterCIDRs    = "cluster-cidrs"
 	setPodCIDRs        = "pod-cidrs"
+	setHairpin         = "hairpin"
 )
 
 // destinations are the port's map elements: where each of its addresses
@@ -152,32 +174,44 @@ func destinations(sp *ServicePort, pn portNames, internal string, hasAny bool) [
 	return out
 }
 
-// policyChain spreads new connections equally over eps: one numgen
-// lookup, whatever their number. Clients with affinity go first to the
-// endpoint they used last.
-func policyChain(rc renderCtx, sp *ServicePort, pn portNames, name string, eps []Endpoint, internal bool) chainObj {
+// policyChain spreads new connections equally over eps with one numgen
+// draw and one lookup, whatever the number of endpoints or Services: the
+// draw is one of N keys of the chain's range in a pick map (see pick.go),
+// whose element is the endpoint to DNAT to. With sessionAffinity, clients
+// seen before go first to their endpoint, and the draw leads to a chain
+// per endpoint that records the client (an anonymous verdict map: rare
+// enough for its kernel cost not to matter).
+func policyChain(rc renderCtx, sp *ServicePort, pn portNames, name string, eps []Endpoint, internal bool) (chainObj, []elemObj, error) {
 	c := chainObj{name: name}
 	if internal && rc.masqOutside {
 		c.rules = append(c.rules, fmt.Sprintf("%s daddr %s %s saddr != @%s jump %s",
 			rc.fam.IP, sp.ClusterIP, rc.fam.IP, setClusterCIDRs, chainMarkMasq))
 	}
 	if sp.AffinityTimeout > 0 {
-		for _, e := range eps {
+		var b strings.Builder
+		for i, e := range eps {
 			c.rules = append(c.rules, fmt.Sprintf("%s saddr @%s goto %s",
 				rc.fam.IP, pn.affinitySet(e, sp.AffinityTimeout), pn.endpointChain(e)))
+			if i > 0 {
+				b.WriteString(" , ") // spaced: the Fake checks "goto <chain>" word by word
+			}
+			fmt.Fprintf(&b, "%d : goto %s", i, pn.endpointChain(e))
 		}
+		c.rules = append(c.rules, fmt.Sprintf("numgen random mod %d vmap { %s }", len(eps), b.String()))
+		return c, nil, nil
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "numgen random mod %d vmap { ", len(eps))
+	b, err := rc.alloc.block(sp.Name.Protocol, name, len(eps))
+	if err != nil {
+		return chainObj{}, nil, err
+	}
+	m := b.m
+	c.rules = append(c.rules, fmt.Sprintf("meta l4proto %s dnat %s addr . port to numgen random mod %d offset %d map @%s",
+		sp.Name.Protocol, rc.fam.IP, len(eps), b.base, m))
+	elems := make([]elemObj, len(eps))
 	for i, e := range eps {
-		if i > 0 {
-			b.WriteString(" , ") // spaced: the Fake checks "goto <chain>" word by word
-		}
-		fmt.Fprintf(&b, "%d : goto %s", i, pn.endpointChain(e))
+		elems[i] = newElem(m, []string{strconv.FormatUint(uint64(b.base)+uint64(i), 10)}, fmt.Sprintf("%s . %d", e.IP, e.Port))
 	}
-	b.WriteString(" }")
-	c.rules = append(c.rules, b.String())
-	return c
+	return c, elems, nil
 }
 
 // externalChain handles the external destinations. Cluster policy:
@@ -204,17 +238,13 @@ func externalChain(rc renderCtx, sp *ServicePort, pn portNames, hasLocal bool) c
 	return c
 }
 
-// endpointChain DNATs to one endpoint. A connection from the endpoint to
-// itself (a pod reaching its own Service: hairpin) is masqueraded, or the
-// pod would get its own packet back from itself and drop it.
+// endpointChain (sessionAffinity only) records the client as stuck to
+// endpoint e, and DNATs to it.
 func endpointChain(fam Family, sp *ServicePort, pn portNames, e Endpoint) chainObj {
-	c := chainObj{name: pn.endpointChain(e)}
-	c.rules = append(c.rules, fmt.Sprintf("%s saddr %s jump %s", fam.IP, e.IP, chainMarkMasq))
-	if sp.AffinityTimeout > 0 {
-		c.rules = append(c.rules, fmt.Sprintf("update @%s { %s saddr }", pn.affinitySet(e, sp.AffinityTimeout), fam.IP))
-	}
-	c.rules = append(c.rules, fmt.Sprintf("meta l4proto %s dnat to %s", sp.Name.Protocol, netip.AddrPortFrom(e.IP, e.Port)))
-	return c
+	return chainObj{name: pn.endpointChain(e), rules: []string{
+		fmt.Sprintf("update @%s { %s saddr }", pn.affinitySet(e, sp.AffinityTimeout), fam.IP),
+		fmt.Sprintf("meta l4proto %s dnat to %s", sp.Name.Protocol, netip.AddrPortFrom(e.IP, e.Port)),
+	}}
 }
 
 // union is a followed by the endpoints of b that a lacks.

@@ -313,3 +313,30 @@ func TestHeadlessAndExternalNameNotProxied(t *testing.T) {
 	tr.expect("pod → headless endpoint directly", packet{src: podHere, dst: "10.244.1.5", proto: TCP, dport: 5432},
 		expect{verdict: "accept", masq: "none"})
 }
+
+// The same program for IPv6 (family-parameterised; the lab runs IPv4).
+func TestIPv6Family(t *testing.T) {
+	node := Node{Name: "node-1", IPs: addrList("fd00:192:168:56::11"),
+		ClusterCIDRs: prefixList("fd00:10:244::/48"), PodCIDRs: prefixList("fd00:10:244:1::/64")}
+	svc := service("default", "web", "fd00:10:96::20", []corev1.ServicePort{tcp("http", 80)}, nodePorts(30080))
+	sl := epSlice("default", "web", "web-v6", []discoveryv1.EndpointPort{esPort("http", corev1.ProtocolTCP, 8080)},
+		endpointOn("fd00:10:244:1::5", "node-1"), endpointOn("fd00:10:244:2::7", "node-2"))
+	sl.AddressType = discoveryv1.AddressTypeIPv6
+	f := knftables.NewFake(IPv6.NFT, TableName)
+	if err := New(f, Config{Family: IPv6}).Sync(ctx, Build(IPv6, node, []*corev1.Service{svc}, []*discoveryv1.EndpointSlice{sl})); err != nil {
+		t.Fatal(err)
+	}
+	tr := newTracer(t, f, "fd00:192:168:56::11")
+	all := []string{"[fd00:10:244:1::5]:8080", "[fd00:10:244:2::7]:8080"}
+	tr.expect("pod → ClusterIP", packet{src: "fd00:10:244:1::9", dst: "fd00:10:96::20", proto: TCP, dport: 80},
+		expect{endpoints: all, verdict: "accept", masq: "none"})
+	tr.expect("outside → NodePort", packet{src: "fd00:192:168:56::100", dst: "fd00:192:168:56::11", proto: TCP, dport: 30080},
+		expect{endpoints: all, verdict: "accept", masq: "all"})
+	out := tr.expect("hairpin", packet{src: "fd00:10:244:1::5", dst: "fd00:10:96::20", proto: TCP, dport: 80},
+		expect{endpoints: all, verdict: "accept", masq: "mixed"})
+	for _, o := range out {
+		if o.masq != (o.dnat == all[0]) {
+			t.Errorf("to %s from %s itself: masquerade %v", o.dnat, all[0], o.masq)
+		}
+	}
+}

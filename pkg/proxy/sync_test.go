@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -47,19 +49,66 @@ func (r *recorder) last() string { return r.runs[len(r.runs)-1].String() }
 // isFull says whether a transaction rewrote the whole table.
 func isFull(tx string) bool { return strings.HasPrefix(tx, "add table ") }
 
-// normDump is the Fake's dump with the elements of each map sorted: a
-// partial sync appends elements where a full one adds them in order.
+// normDump is the Fake's dump made independent of history: the elements
+// of each map sorted (a partial sync appends elements where a full one
+// adds them in order), and each policy chain's numgen rule written with
+// the endpoints its pick-map range leads to, instead of the range (which
+// depends on the order ranges were allocated in), without pick maps (an
+// empty one stays until the next full sync) and their elements.
 func normDump(f *knftables.Fake) string {
 	var other, elems []string
 	for _, l := range strings.Split(f.Dump(), "\n") {
-		if strings.HasPrefix(l, "add element ") {
+		switch {
+		case strings.Contains(l, " podnet-proxy pick-"): // add map, add element
+		case strings.HasPrefix(l, "add element "):
 			elems = append(elems, l)
-		} else {
-			other = append(other, l)
+		default:
+			other = append(other, canonicalPick(f, l))
 		}
 	}
 	slices.Sort(elems)
 	return strings.Join(other, "\n") + strings.Join(elems, "\n")
+}
+
+var pickRule = regexp.MustCompile(`numgen random mod (\d+) offset (\d+) map @(pick-\w+-\d+)$`)
+
+func canonicalPick(f *knftables.Fake, line string) string {
+	m := pickRule.FindStringSubmatch(line)
+	if m == nil {
+		return line
+	}
+	n, _ := strconv.Atoi(m[1])
+	base, _ := strconv.Atoi(m[2])
+	var targets []string
+	for i := range n {
+		e := f.Table.Maps[m[3]].FindElement(strconv.Itoa(base + i))
+		if e == nil {
+			return line + " # key " + strconv.Itoa(base+i) + " missing"
+		}
+		targets = append(targets, fmt.Sprintf("%d : %s", i, e.Value[0]))
+	}
+	return strings.TrimSuffix(line, m[0]) + fmt.Sprintf("numgen random mod %d map { %s }", n, strings.Join(targets, " , "))
+}
+
+// inRanges says whether line is an operation on a pick-map element with a
+// key in one of the ranges.
+func inRanges(line string, ranges []block) bool {
+	for _, b := range ranges {
+		if strings.HasPrefix(line, "add map ip podnet-proxy "+b.m+" ") {
+			return true
+		}
+	}
+	var verb, m string
+	var key uint32
+	if _, err := fmt.Sscanf(line, "%s element ip podnet-proxy %s { %d", &verb, &m, &key); err != nil {
+		return false
+	}
+	for _, b := range ranges {
+		if m == b.m && key >= b.base && key < b.base+b.size {
+			return true
+		}
+	}
+	return false
 }
 
 // fullDump is what a fresh Proxier writes for st in one full sync.
@@ -101,6 +150,8 @@ func TestIncrementalSyncTouchesOnlyTheChangedService(t *testing.T) {
 		t.Fatalf("first Sync: %v, full: %v", err, isFull(r.last()))
 	}
 	// svc-00017 loses its local endpoint and gains another.
+	svc17 := namesFor(ServicePortName{"default", "svc-00017", "http", TCP}).svc
+	before := p.alloc.owned[svc17]
 	c.slices[17] = epSlice("default", "svc-00017", "svc-00017-1", []discoveryv1.EndpointPort{esPort("http", corev1.ProtocolTCP, 8080)},
 		endpointOn("10.244.1.200", "node-1"), endpointOn("10.244.2.19", "node-2"))
 	st := c.state()
@@ -111,13 +162,18 @@ func TestIncrementalSyncTouchesOnlyTheChangedService(t *testing.T) {
 	if isFull(tx.String()) {
 		t.Fatalf("the second sync was a full one:\n%s", tx)
 	}
+	// Every operation is on svc-00017's objects: its chains, its map
+	// elements, and the keys of its pick-map range (before and after).
+	ranges := []block{before, p.alloc.owned[svc17]}
 	for _, line := range strings.Split(strings.TrimSpace(tx.String()), "\n") {
-		if !strings.Contains(line, "default/svc-00017/") {
+		hairpin := strings.Contains(line, "hairpin { 10.244.1.19 . ") || strings.Contains(line, "hairpin { 10.244.1.200 . ")
+		if !strings.Contains(line, "default/svc-00017/") && !inRanges(line, ranges) && !hairpin {
 			t.Errorf("the partial sync touches something else than svc-00017: %s", line)
 		}
 	}
-	// New endpoint chain, rewritten policy chain, stale endpoint chain.
-	if n := tx.NumOperations(); n > 10 {
+	// New endpoint chains, the policy chain rewritten with its pick
+	// elements, stale endpoint chains.
+	if n := tx.NumOperations(); n > 14 {
 		t.Errorf("%d operations for one endpoint change:\n%s", n, tx)
 	}
 	if got, want := normDump(r.Fake), fullDump(t, st); got != want {

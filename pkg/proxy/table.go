@@ -65,9 +65,13 @@ func staticChains(fam Family, n Node, mark uint32) []chainObj {
 		// and ICMP port unreachable for the rest.
 		{chainReject, []string{"meta l4proto tcp reject with tcp reset", fam.ICMPReject}},
 		{chainMarkMasq, []string{"meta mark set meta mark | " + m}},
-		// The mark is cleared once used: a packet that passes postrouting
-		// again (encapsulated by VXLAN, say) is not masqueraded twice.
+		// A hairpin connection (from an endpoint to itself, through its
+		// Service) is masqueraded, or the pod would get its own packet
+		// back from itself, and drop it. The mark is cleared once used: a
+		// packet that passes postrouting again (encapsulated by VXLAN,
+		// say) is not masqueraded twice.
 		{chainMasquerading, []string{
+			fmt.Sprintf("ct status dnat %s saddr . %s daddr @%s jump %s", fam.IP, fam.IP, setHairpin, chainMarkMasq),
 			fmt.Sprintf("meta mark & %s == 0x%08x return", m, 0),
 			"meta mark set meta mark ^ " + m,
 			"masquerade fully-random",
@@ -78,6 +82,7 @@ func staticChains(fam Family, n Node, mark uint32) []chainObj {
 // staticSet is a set of the skeleton with its elements.
 type staticSet struct {
 	name     string
+	typ      string
 	interval bool
 	elems    []string
 }
@@ -103,14 +108,16 @@ func staticSets(fam Family, n Node) []staticSet {
 		}
 	}
 	return []staticSet{
-		{setClusterCIDRs, true, cluster},
-		{setPodCIDRs, true, pods},
-		{setNodePortIPs, false, npIPs},
+		{setClusterCIDRs, fam.AddrType, true, cluster},
+		{setPodCIDRs, fam.AddrType, true, pods},
+		{setNodePortIPs, fam.AddrType, false, npIPs},
 	}
 }
 
 // verdictMaps: Service addresses, NodePorts, and the same for ports
-// without usable endpoints. One lookup finds a port among all Services.
+// without usable endpoints: one lookup finds a port among all Services.
+// (The pick maps, where policy chains find their endpoints, are in
+// pick.go.)
 func verdictMaps(fam Family) []*knftables.Map {
 	full := fam.AddrType + " . inet_proto . inet_service : verdict"
 	port := "inet_proto . inet_service : verdict"
@@ -120,6 +127,14 @@ func verdictMaps(fam Family) []*knftables.Map {
 		{Name: mapNoEndpointIPs, Type: full, Comment: knftables.PtrTo("Service addresses without usable endpoints: reject or drop")},
 		{Name: mapNoEndpointPorts, Type: port, Comment: knftables.PtrTo("NodePorts without usable endpoints: reject or drop")},
 	}
+}
+
+// hairpinSet holds (endpoint . endpoint) for every endpoint: a DNATed
+// packet whose source is its destination is hairpin traffic. The set's
+// elements belong to the ports (rendered with them), not to the skeleton.
+func hairpinSet(fam Family) *knftables.Set {
+	return &knftables.Set{Name: setHairpin, Type: fam.AddrType + " . " + fam.AddrType,
+		Comment: knftables.PtrTo("endpoint . endpoint: hairpin connections, masqueraded")}
 }
 
 // staticRuleCount is the number of rules of the skeleton.

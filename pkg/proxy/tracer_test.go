@@ -12,6 +12,7 @@ package proxy
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"sort"
@@ -209,6 +210,15 @@ func (tr *tracer) match(w []string, p packet, st *flowSt) (int, bool) {
 	switch {
 	case at(0) == "ct" && at(1) == "state" && at(2) == "new":
 		return 3, true // the tracer follows first packets only
+	case at(0) == "ct" && at(1) == "status" && at(2) == "dnat":
+		return 3, st.dnat != ""
+	case at(1) == "saddr" && at(2) == "." && at(4) == "daddr" && strings.HasPrefix(at(5), "@"):
+		// The source and the destination as it is now (after DNAT).
+		dst := p.dst
+		if st.dnat != "" {
+			dst = netip.MustParseAddrPort(st.dnat).Addr().String()
+		}
+		return 6, tr.pairIn(p.src, dst, at(5)[1:])
 	case at(0) == "fib" && at(2) == "type" && at(3) == "local":
 		a := p.src
 		if at(1) == "daddr" {
@@ -256,6 +266,16 @@ func (tr *tracer) addrIn(a netip.Addr, what string) bool {
 	return netip.MustParseAddr(what) == a
 }
 
+// pairIn looks a . b up in a set of address pairs.
+func (tr *tracer) pairIn(a, b, name string) bool {
+	tr.t.Helper()
+	set := tr.f.Table.Sets[name]
+	if set == nil {
+		tr.t.Fatalf("rule refers to missing set %s", name)
+	}
+	return set.FindElement(a, b) != nil
+}
+
 // statement runs the statement at the start of w (the rest of the rule).
 func (tr *tracer) statement(w []string, rule string, p packet, st flowSt, depth int) []res {
 	tr.t.Helper()
@@ -294,8 +314,10 @@ func (tr *tracer) statement(w []string, rule string, p packet, st flowSt, depth 
 	case len(w) == 6 && w[0] == "update" && strings.HasPrefix(w[1], "@") && w[2] == "{" && w[5] == "}":
 		st.sticky = strings.TrimPrefix(w[1], "@")
 		return []res{{kind: kNext, st: st}}
-	case strings.HasPrefix(s, "numgen random mod "):
-		return tr.numgen(s, rule, p, st, depth)
+	case strings.HasPrefix(s, "numgen random mod ") && strings.Contains(s, " vmap { "):
+		return tr.numgenVmap(s, rule, p, st, depth)
+	case len(w) > 6 && w[0] == "dnat" && strings.Join(w[2:6], " ") == "addr . port to":
+		return tr.pickDNAT(strings.Join(w[6:], " "), rule, p, st)
 	case strings.HasSuffix(s, "vmap @"+lastAt(s)):
 		return tr.vmap(w, rule, p, st, depth)
 	}
@@ -336,20 +358,45 @@ func (tr *tracer) vmap(w []string, rule string, p packet, st flowSt, depth int) 
 	return tr.statement(strings.Fields(e.Value[0]), rule, p, st, depth)
 }
 
-// numgen explores every branch of "numgen random mod N vmap { i : goto
-// chain, ... }", and checks the map has each of 0..N-1 exactly once.
-func (tr *tracer) numgen(s, rule string, p packet, st flowSt, depth int) []res {
+// pickDNAT explores every outcome of "numgen random mod N offset B map
+// @pick-S": each of the keys B..B+N-1 must be an endpoint, once each.
+func (tr *tracer) pickDNAT(s, rule string, p packet, st flowSt) []res {
+	tr.t.Helper()
+	var n, base int
+	var name string
+	if _, err := fmt.Sscanf(s, "numgen random mod %d offset %d map @%s", &n, &base, &name); err != nil {
+		tr.t.Fatalf("tracer: %q: %v", rule, err)
+	}
+	m := tr.f.Table.Maps[name]
+	if m == nil {
+		tr.t.Fatalf("tracer: rule refers to missing map %s", name)
+	}
+	var out []res
+	for i := range n {
+		e := m.FindElement(strconv.Itoa(base + i))
+		if e == nil {
+			tr.t.Fatalf("tracer: numgen outcome %d (key %d of %s) leads nowhere: %q", i, base+i, name, rule)
+		}
+		f := strings.Fields(e.Value[0])
+		if len(f) != 3 || f[1] != "." {
+			tr.t.Fatalf("tracer: %s key %d: %q is not address . port", name, base+i, e.Value[0])
+		}
+		next := st
+		next.dnat = net.JoinHostPort(f[0], f[2])
+		out = append(out, res{kind: kVerdict, verdict: "accept", st: next})
+	}
+	return out
+}
+
+// numgenVmap explores every branch of "numgen random mod N vmap { i :
+// goto chain , ... }", and checks the map has each of 0..N-1 exactly once.
+func (tr *tracer) numgenVmap(s, rule string, p packet, st flowSt, depth int) []res {
 	tr.t.Helper()
 	var n int
-	var body string
 	if _, err := fmt.Sscanf(s, "numgen random mod %d vmap", &n); err != nil {
 		tr.t.Fatalf("tracer: %q: %v", rule, err)
 	}
-	open, end := strings.Index(s, "{"), strings.LastIndex(s, "}")
-	if open < 0 || end < open {
-		tr.t.Fatalf("tracer: numgen without a map: %q", rule)
-	}
-	body = s[open+1 : end]
+	body := s[strings.Index(s, "{")+1 : strings.LastIndex(s, "}")]
 	seen := map[int]bool{}
 	var out []res
 	for _, entry := range strings.Split(body, ",") {

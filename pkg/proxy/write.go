@@ -43,15 +43,31 @@ func (w *writer) affinitySet(s setObj) *knftables.Set {
 }
 
 func (w *writer) staticSet(s staticSet) *knftables.Set {
-	set := &knftables.Set{Family: w.fam.NFT, Table: TableName, Name: s.name, Type: w.fam.AddrType}
+	set := &knftables.Set{Family: w.fam.NFT, Table: TableName, Name: s.name, Type: s.typ}
 	if s.interval {
 		set.Flags = []knftables.SetFlag{knftables.IntervalFlag}
 	}
 	return set
 }
 
-func (w *writer) elem(e elemObj) *knftables.Element {
-	return &knftables.Element{Family: w.fam.NFT, Table: TableName, Map: e.mapName, Key: e.key, Value: []string{e.value}}
+// elem is the element to add; with keyOnly, the element to delete.
+func (w *writer) hairpin() *knftables.Set {
+	s := hairpinSet(w.fam)
+	s.Family, s.Table = w.fam.NFT, TableName
+	return s
+}
+
+func (w *writer) elem(e elemObj, keyOnly bool) *knftables.Element {
+	el := &knftables.Element{Family: w.fam.NFT, Table: TableName, Key: e.key}
+	switch {
+	case e.value == "":
+		el.Set = e.mapName
+	case keyOnly:
+		el.Map = e.mapName
+	default:
+		el.Map, el.Value = e.mapName, []string{e.value}
+	}
+	return el
 }
 
 // full queues the whole table; have is what the kernel holds now (from
@@ -73,6 +89,9 @@ func (w *writer) elem(e elemObj) *knftables.Element {
 // the new one, never a half-written one.
 func (w *writer) full(tx *knftables.Transaction, n Node, ports map[ServicePortName]*portState, elems map[string]elemObj, have map[string][]string) {
 	statics, sets, maps := staticChains(w.fam, n, w.mark), staticSets(w.fam, n), verdictMaps(w.fam)
+	for _, name := range usedPickMaps(elems) {
+		maps = append(maps, pickMapDef(w.fam, name))
+	}
 	names := sortedNames(ports)
 	tx.Add(w.table())
 	for _, bc := range baseChains {
@@ -88,6 +107,7 @@ func (w *writer) full(tx *knftables.Transaction, n Node, ports map[ServicePortNa
 		m.Family, m.Table = w.fam.NFT, TableName
 		tx.Add(m)
 	}
+	tx.Add(w.hairpin())
 	for _, name := range names {
 		for _, s := range ports[name].objs.sets {
 			tx.Add(w.affinitySet(s))
@@ -114,7 +134,7 @@ func (w *writer) full(tx *knftables.Transaction, n Node, ports map[ServicePortNa
 		}
 	}
 	for _, k := range sortedKeys(elems) {
-		tx.Add(w.elem(elems[k]))
+		tx.Add(w.elem(elems[k], false))
 	}
 	w.removeStale(tx, staleObjects(w.fam, have, statics, sets, maps, ports))
 }
@@ -139,6 +159,7 @@ func (w *writer) flushAll(tx *knftables.Transaction, statics []chainObj, sets []
 	for _, m := range maps {
 		tx.Flush(m)
 	}
+	tx.Flush(w.hairpin())
 	for _, name := range names {
 		for _, c := range ports[name].objs.chains {
 			if existing[c.name] {
@@ -172,7 +193,7 @@ func (w *writer) removeStale(tx *knftables.Transaction, s stale) {
 // table does not: objects of Services gone, of an older layout, or of
 // someone else who wrote into our table.
 func staleObjects(fam Family, have map[string][]string, statics []chainObj, sets []staticSet, maps []*knftables.Map, ports map[ServicePortName]*portState) stale {
-	want := map[string]bool{}
+	want := map[string]bool{"set " + setHairpin: true}
 	for _, bc := range baseChains {
 		want["chain "+bc.name] = true
 	}
@@ -216,6 +237,17 @@ func staleObjects(fam Family, have map[string][]string, statics []chainObj, sets
 		}
 	}
 	return out
+}
+
+// usedPickMaps are the pick maps that elements are in, sorted.
+func usedPickMaps(elems map[string]elemObj) []string {
+	used := map[string]bool{}
+	for _, e := range elems {
+		if isPickMap(e.mapName) {
+			used[e.mapName] = true
+		}
+	}
+	return sortedKeys(used)
 }
 
 func sortedNames(ports map[ServicePortName]*portState) []ServicePortName {

@@ -43,6 +43,13 @@ func (w *writer) partial(tx *knftables.Transaction, old, ports map[ServicePortNa
 	for _, name := range changed {
 		d.port(objsOf(old[name]), objsOf(ports[name]))
 	}
+	added := map[string]elemObj{}
+	for _, e := range ops.add {
+		added[e.id] = e
+	}
+	for _, m := range usedPickMaps(added) {
+		tx.Add(pickMapDef(w.fam, m)) // a no-op if it exists
+	}
 	for _, s := range d.addSets {
 		tx.Add(w.affinitySet(s))
 	}
@@ -56,10 +63,10 @@ func (w *writer) partial(tx *knftables.Transaction, old, ports map[ServicePortNa
 		w.rules(tx, c)
 	}
 	for _, e := range ops.del {
-		tx.Delete(&knftables.Element{Family: w.fam.NFT, Table: TableName, Map: e.mapName, Key: e.key})
+		tx.Delete(w.elem(e, true))
 	}
 	for _, e := range ops.add {
-		tx.Add(w.elem(e))
+		tx.Add(w.elem(e, false))
 	}
 	for _, c := range d.staleChains {
 		tx.Flush(w.chain(c))
