@@ -19,6 +19,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/bench/internal/benchenv"
 )
 
 const (
@@ -93,7 +95,7 @@ func (b *bench) run(ctx context.Context, podnetBin, refDir string) error {
 	fmt.Fprintf(b.out, "podnet CNI ADD/DEL latency: podnet (%s) vs reference bridge+host-local %s (%s)\n", podnetBin, refVersion, refDir)
 	fmt.Fprintf(b.out, "%d sandboxes per implementation serially (blocks of %d) and %d-concurrent, %d warm-up each; CNI %s, %s, MTU 1500\n",
 		b.opts.n, b.opts.block, b.opts.concurrency, b.opts.warmup, "1.1.0", subnet)
-	fmt.Fprintf(b.out, "machine: %d CPUs, load average %s at start\n", numCPU(), loadavg())
+	fmt.Fprintf(b.out, "machine: %d CPUs, load average %s at start\n", numCPU(), benchenv.LoadAvg())
 
 	// Warm-up: page cache, the bridge (the first ADD creates it) and the
 	// IPAM directories; not measured, but checked.
@@ -130,7 +132,7 @@ func (b *bench) run(ctx context.Context, podnetBin, refDir string) error {
 			im.concWall, im.concCPU = im.concWall+r.wall, im.concCPU+r.cpu
 		}
 	}
-	fmt.Fprintf(b.out, "load average %s at end\n\n", loadavg())
+	fmt.Fprintf(b.out, "load average %s at end\n\n", benchenv.LoadAvg())
 	b.report(pn, ref)
 	if !pn.clean() || !ref.clean() {
 		return fmt.Errorf("a run did not leave its node clean (see above)")

@@ -53,19 +53,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
 	"os"
-	"os/exec"
-	"os/signal"
-	"path/filepath"
 	"runtime"
-	"strings"
-	"syscall"
-	"time"
 
+	"github.com/podnet/podnet/bench/internal/benchenv"
 	"github.com/podnet/podnet/internal/cnitest"
 )
 
@@ -104,7 +97,7 @@ func realMain() int {
 		fmt.Fprintln(os.Stderr, "bench/cni: must run as root: it creates network namespaces, bridges and veths (sudo make bench)")
 		return 1
 	}
-	ipPath, err := findIP()
+	ipPath, err := benchenv.LookPath("ip", "iproute2")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/cni:", err)
 		return 1
@@ -114,33 +107,9 @@ func realMain() int {
 		fmt.Fprintln(os.Stderr, "bench/cni:", err)
 		return 1
 	}
-
 	reg := newRegistry(ipPath)
-	defer reg.cleanup()
-	ctx, cancel := context.WithCancelCause(context.Background())
-	defer cancel(nil)
-	done := make(chan struct{})
-	defer close(done)
-	handleSignals(cancel, reg, done)
-
 	b := &bench{opts: o, reg: reg, out: os.Stdout}
-	code := 0
-	if err := b.run(ctx, podnetBin, refDir); err != nil {
-		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
-			err = cause
-		}
-		fmt.Fprintln(os.Stderr, "bench/cni:", err)
-		code = 1
-		var sig signalError
-		if errors.As(err, &sig) {
-			code = 128 + int(sig.sig)
-		}
-	}
-	if errs := reg.cleanup(); len(errs) > 0 {
-		fmt.Fprintln(os.Stderr, "bench/cni: cleanup:", errors.Join(errs...))
-		code = 1
-	}
-	return code
+	return benchenv.Run("bench/cni", reg.cleanup, func(ctx context.Context) error { return b.run(ctx, podnetBin, refDir) })
 }
 
 func (o options) validate() error {
@@ -160,127 +129,18 @@ func (o options) validate() error {
 	return nil
 }
 
-// signalError is the cause of a run stopped by a signal.
-type signalError struct{ sig syscall.Signal }
-
-func (e signalError) Error() string { return "interrupted by " + e.sig.String() }
-
-// handleSignals stops the run on SIGINT or SIGTERM: it cancels ctx (libcni
-// kills the plugins it runs) so the run unwinds through its deferred
-// cleanup. Should that not finish within 15s, or on a second signal, it
-// removes everything itself and exits.
-func handleSignals(cancel context.CancelCauseFunc, reg *registry, done <-chan struct{}) {
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		var s os.Signal
-		select {
-		case s = <-sigs:
-		case <-done:
-			return
-		}
-		sig, _ := s.(syscall.Signal)
-		fmt.Fprintf(os.Stderr, "\nbench/cni: %v: stopping, removing the benchmark's namespaces\n", s)
-		cancel(signalError{sig})
-		select {
-		case <-done:
-			return
-		case <-sigs:
-		case <-time.After(15 * time.Second):
-		}
-		if errs := reg.cleanup(); len(errs) > 0 {
-			fmt.Fprintln(os.Stderr, "bench/cni: cleanup:", errors.Join(errs...))
-		}
-		os.Exit(128 + int(sig))
-	}()
-}
-
-// findIP finds iproute2's ip, which also lives in sbin directories a
-// root shell's PATH may lack.
-func findIP() (string, error) {
-	if p, err := exec.LookPath("ip"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("iproute2's ip is not installed (apt-get install iproute2)")
-}
-
 // plugins finds the podnet binary and the reference plugins, and says what
 // to run when one is missing. It builds nothing.
 func (o options) plugins() (podnetBin, refDir string, err error) {
-	root, err := cnitest.ModuleRoot()
+	podnetBin, warning, err := benchenv.PodnetBinary(o.podnetDir)
 	if err != nil {
 		return "", "", err
 	}
-	dir := o.podnetDir
-	if dir == "" {
-		dir = filepath.Join(root, "bin")
+	if warning != "" {
+		fmt.Fprintln(os.Stderr, "bench/cni: warning:", warning)
 	}
-	podnetBin = filepath.Join(dir, "podnet")
-	if fi, err := os.Stat(podnetBin); err != nil || fi.Mode()&0o111 == 0 {
-		return "", "", fmt.Errorf("no podnet plugin binary at %s: run `make build` first (`make bench` does)", podnetBin)
-	}
-	if newer := newerSource(root, podnetBin); newer != "" {
-		fmt.Fprintf(os.Stderr, "bench/cni: warning: %s is newer than %s: run `make build` to measure the current code\n", newer, podnetBin)
-	}
-	refDir = o.refDir
-	if refDir == "" {
-		refDir = os.Getenv("PODNET_REF_CNI_DIR")
-	}
-	if refDir == "" {
-		refDir = "/var/cache/podnet/cni-plugins/" + refVersion
-	}
-	for _, p := range []string{"bridge", "host-local"} {
-		if _, err := os.Stat(filepath.Join(refDir, p)); err != nil {
-			return "", "", fmt.Errorf("reference CNI plugin %s is not in %s: run `make ref-plugins` (`make bench` does)", p, refDir)
-		}
-	}
-	return podnetBin, refDir, nil
-}
-
-// newerSource returns a non-test Go source file of the plugin (cmd/, pkg/,
-// go.mod, go.sum) modified after bin, or "".
-func newerSource(root, bin string) string {
-	fi, err := os.Stat(bin)
-	if err != nil {
-		return ""
-	}
-	built := fi.ModTime()
-	var newer string
-	for _, sub := range []string{"cmd", "pkg", "go.mod", "go.sum"} {
-		_ = filepath.WalkDir(filepath.Join(root, sub), func(p string, d fs.DirEntry, err error) error {
-			if err != nil || newer != "" {
-				return fs.SkipAll
-			}
-			isSource := strings.HasSuffix(p, ".go") && !strings.HasSuffix(p, "_test.go")
-			if d.IsDir() || !(isSource || strings.HasPrefix(d.Name(), "go.")) {
-				return nil
-			}
-			if info, err := d.Info(); err == nil && info.ModTime().After(built) {
-				newer, _ = filepath.Rel(root, p)
-				return fs.SkipAll
-			}
-			return nil
-		})
-	}
-	return newer
-}
-
-// loadavg is the first three fields of /proc/loadavg, or "?".
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
+	refDir, err = benchenv.RefPluginDir(o.refDir, "bridge", "host-local")
+	return podnetBin, refDir, err
 }
 
 func numCPU() int { return runtime.NumCPU() }

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/podnet/podnet/bench/internal/benchenv"
 )
 
 const (
@@ -95,7 +97,7 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(b.out, "load average at end: %s\n\n", loadavg())
+	fmt.Fprintf(b.out, "load average at end: %s\n\n", benchenv.LoadAvg())
 	b.report(subs)
 	return nil
 }
@@ -289,13 +291,4 @@ func udpInDatagrams(pid int) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("read node-2's UDP counters: no Udp InDatagrams in /proc/%d/net/snmp", pid)
-}
-
-// loadavg is the first three fields of /proc/loadavg, or "?".
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
-		return strings.Join(f[:3], " ")
-	}
-	return "?"
 }

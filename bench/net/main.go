@@ -61,18 +61,14 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/podnet/podnet/bench/internal/benchenv"
 	"github.com/podnet/podnet/internal/cnitest"
 )
 
@@ -142,31 +138,8 @@ func runLocked(o options, tools tools) int {
 		fmt.Fprintln(os.Stderr, "bench/net:", err)
 		return 1
 	}
-	defer reg.cleanup()
-	ctx, cancel := context.WithCancelCause(context.Background())
-	defer cancel(nil)
-	done := make(chan struct{})
-	defer close(done)
-	handleSignals(cancel, reg, done)
-
 	b := &bench{opts: o, tools: tools, reg: reg, out: os.Stdout}
-	code := 0
-	if err := b.run(ctx); err != nil {
-		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
-			err = cause
-		}
-		fmt.Fprintln(os.Stderr, "bench/net:", err)
-		code = 1
-		var sig signalError
-		if errors.As(err, &sig) {
-			code = 128 + int(sig.sig)
-		}
-	}
-	if errs := reg.cleanup(); len(errs) > 0 {
-		fmt.Fprintln(os.Stderr, "bench/net: cleanup:", errors.Join(errs...))
-		code = 1
-	}
-	return code
+	return benchenv.Run("bench/net", reg.cleanup, b.run)
 }
 
 func (o options) validate() error {
@@ -197,41 +170,6 @@ func (o options) validate() error {
 	return nil
 }
 
-// signalError is the cause of a run stopped by a signal.
-type signalError struct{ sig syscall.Signal }
-
-func (e signalError) Error() string { return "interrupted by " + e.sig.String() }
-
-// handleSignals stops the run on SIGINT or SIGTERM: it cancels ctx (which
-// kills the clients running) so the run unwinds through its cleanup.
-// Should that not finish within 15s, or on a second signal, it removes
-// everything itself and exits.
-func handleSignals(cancel context.CancelCauseFunc, reg *registry, done <-chan struct{}) {
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		var s os.Signal
-		select {
-		case s = <-sigs:
-		case <-done:
-			return
-		}
-		sig, _ := s.(syscall.Signal)
-		fmt.Fprintf(os.Stderr, "\nbench/net: %v: stopping, removing the benchmark's namespaces\n", s)
-		cancel(signalError{sig})
-		select {
-		case <-done:
-			return
-		case <-sigs:
-		case <-time.After(15 * time.Second):
-		}
-		if errs := reg.cleanup(); len(errs) > 0 {
-			fmt.Fprintln(os.Stderr, "bench/net: cleanup:", errors.Join(errs...))
-		}
-		os.Exit(128 + int(sig))
-	}()
-}
-
 // tools are the programs the benchmark runs.
 type tools struct {
 	ip, iperf3       string
@@ -247,93 +185,23 @@ type tools struct {
 func (o options) findTools() (tools, error) {
 	var t tools
 	var err error
-	if t.ip, err = lookPath("ip", "iproute2"); err != nil {
+	if t.ip, err = benchenv.LookPath("ip", "iproute2"); err != nil {
 		return t, err
 	}
-	if t.iperf3, err = lookPath("iperf3", "iperf3"); err != nil {
+	if t.iperf3, err = benchenv.LookPath("iperf3", "iperf3"); err != nil {
 		return t, err
 	}
-	t.ethtool, _ = lookPath("ethtool", "ethtool")
+	t.ethtool, _ = benchenv.LookPath("ethtool", "ethtool")
 	if t.self, err = os.Executable(); err != nil {
 		return t, fmt.Errorf("find this program's executable: %w", err)
 	}
-	root, err := cnitest.ModuleRoot()
+	if t.podnetBin, t.podnetBinWarning, err = benchenv.PodnetBinary(o.podnetDir); err != nil {
+		return t, err
+	}
+	refDir, err := benchenv.RefPluginDir(o.refDir, "portmap")
 	if err != nil {
-		return t, fmt.Errorf("find the module root: %w", err)
+		return t, fmt.Errorf("%w (portmap is in podnetd's conflist)", err)
 	}
-	dir := o.podnetDir
-	if dir == "" {
-		dir = filepath.Join(root, "bin")
-	}
-	t.podnetBin = filepath.Join(dir, "podnet")
-	if fi, err := os.Stat(t.podnetBin); err != nil || fi.Mode()&0o111 == 0 {
-		return t, fmt.Errorf("no podnet plugin binary at %s: run `make build` first (`make bench` does)", t.podnetBin)
-	}
-	if newer := newerSource(root, t.podnetBin); newer != "" {
-		t.podnetBinWarning = fmt.Sprintf("%s is newer than %s: run `make build` to measure the current plugin", newer, t.podnetBin)
-	}
-	refDir := o.refDir
-	if refDir == "" {
-		refDir = os.Getenv("PODNET_REF_CNI_DIR")
-	}
-	if refDir == "" {
-		refDir = "/var/cache/podnet/cni-plugins/" + cnitest.RefVersion
-	}
-	if _, err := os.Stat(filepath.Join(refDir, "portmap")); err != nil {
-		return t, fmt.Errorf("reference CNI plugin portmap (in podnetd's conflist) is not in %s: run `make ref-plugins` (`make bench` does)", refDir)
-	}
-	t.cniPath = []string{dir, refDir}
+	t.cniPath = []string{filepath.Dir(t.podnetBin), refDir}
 	return t, nil
-}
-
-// lookPath finds a program, also in the sbin directories a root shell's
-// PATH may lack.
-func lookPath(name, pkg string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		if p := filepath.Join(d, name); isExecutable(p) {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s is not installed (apt-get install %s)", name, pkg)
-}
-
-func isExecutable(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
-}
-
-// newerSource returns a Go source file the plugin is built from (a
-// non-test file of a package of this module that ./cmd/podnet imports, or
-// go.mod, go.sum) modified after bin, or "" (also when `go list` fails).
-func newerSource(root, bin string) string {
-	fi, err := os.Stat(bin)
-	if err != nil {
-		return ""
-	}
-	cmd := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.Dir}}{{end}}", "./cmd/podnet")
-	cmd.Dir = root
-	out, err := cmd.Output()
-	if err != nil {
-		return ""
-	}
-	files := []string{filepath.Join(root, "go.mod"), filepath.Join(root, "go.sum")}
-	for _, dir := range strings.Fields(string(out)) {
-		if rel, err := filepath.Rel(root, dir); err == nil && !strings.HasPrefix(rel, "..") {
-			src, _ := filepath.Glob(filepath.Join(dir, "*.go"))
-			files = append(files, src...)
-		}
-	}
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		if info, err := os.Stat(f); err == nil && info.ModTime().After(fi.ModTime()) {
-			rel, _ := filepath.Rel(root, f)
-			return rel
-		}
-	}
-	return ""
 }

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/podnet/podnet/bench/internal/benchenv"
 )
 
 // The targets.
@@ -20,7 +22,7 @@ func (b *bench) header() {
 	w := b.out
 	fmt.Fprintf(w, "podnet cross-node data path: pod-to-pod against node-to-node TCP on one underlay, per backend\n")
 	fmt.Fprintf(w, "machine: %d CPUs, kernel %s, load average %s at start (shared with other work: numbers are noisy)\n",
-		runtime.NumCPU(), kernel(), loadavg())
+		runtime.NumCPU(), kernel(), benchenv.LoadAvg())
 	fmt.Fprintf(w, "underlay: eth1 veths (MTU %d) on a bridge in a switch netns; routes by pkg/backend Setup+Sync in each node netns;\n"+
 		"  pods by %s through libcni (podnetd's conflist, pod MTU = the backend's Facts.MTU); no device tuning added\n",
 		underlayMTU, b.tools.podnetBin)
