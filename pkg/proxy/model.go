@@ -8,6 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/podnet/podnet/internal/cidrset"
 )
 
 // Protocol is a Service port's transport protocol, spelled as nft spells it.
@@ -200,7 +202,7 @@ func (n Node) forFamily(fam Family) Node {
 				r = append(r, p.Masked())
 			}
 		}
-		return normPrefixes(r)
+		return cidrset.Minimal(r)
 	}
 	out.ClusterCIDRs, out.PodCIDRs, out.NodePortAddresses = keep(n.ClusterCIDRs), keep(n.PodCIDRs), keep(n.NodePortAddresses)
 	slices.SortFunc(out.IPs, netip.Addr.Compare)
@@ -212,26 +214,6 @@ func (n Node) forFamily(fam Family) Node {
 func (n Node) equal(o Node) bool {
 	return n.Name == o.Name && slices.Equal(n.IPs, o.IPs) && slices.Equal(n.ClusterCIDRs, o.ClusterCIDRs) &&
 		slices.Equal(n.PodCIDRs, o.PodCIDRs) && slices.Equal(n.NodePortAddresses, o.NodePortAddresses)
-}
-
-// normPrefixes sorts ps and drops duplicates and prefixes another one
-// covers: an nft interval set refuses overlapping elements, and two
-// prefixes either nest or are disjoint.
-func normPrefixes(ps []netip.Prefix) []netip.Prefix {
-	slices.SortFunc(ps, func(a, b netip.Prefix) int { // widest first
-		if a.Bits() != b.Bits() {
-			return a.Bits() - b.Bits()
-		}
-		return a.Addr().Compare(b.Addr())
-	})
-	var kept []netip.Prefix
-	for _, p := range ps {
-		if !slices.ContainsFunc(kept, func(k netip.Prefix) bool { return k.Contains(p.Addr()) }) {
-			kept = append(kept, p)
-		}
-	}
-	slices.SortFunc(kept, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-	return kept
 }
 
 // servicePorts is the ports of one Service, without endpoints.
