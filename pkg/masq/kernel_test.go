@@ -13,13 +13,12 @@ package masq
 // Sync and Cleanup run inside the node namespace only: knftables execs the
 // nft binary, and a process forked from a thread inherits that thread's
 // network namespace, so nft must be started from a thread locked into the
-// node's namespace (netnstest's Do). guardedNFT checks exactly that before
+// node's namespace (netnstest's Do). netnstest.GuardedNFT checks exactly that before
 // every nft call, so a slip in this test fails it instead of writing to the
 // host's ruleset.
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -28,14 +27,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
-	"sigs.k8s.io/knftables"
 
 	"github.com/podnet/podnet/internal/netnstest"
 )
@@ -60,7 +55,7 @@ func TestKernelMasquerade(t *testing.T) {
 	topo := newTopology(t)
 	node := topo.node
 	var logs bytes.Buffer
-	nft := guardedNFT(t, node)
+	nft := netnstest.GuardedNFT(t, node, Family, TableName)
 	m := New(nft, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	syncNode := func() {
 		t.Helper()
@@ -249,103 +244,6 @@ func writeSysctl(t *testing.T, ns *netnstest.NS, path, value string) {
 	if err := ns.Do(func() error { return os.WriteFile(path, []byte(value), 0o644) }); err != nil {
 		t.Fatalf("%s=%s in %s: %v", path, value, ns.Name, err)
 	}
-}
-
-// guardedNFT builds the knftables Interface inside ns and wraps it so that
-// every call that runs nft first checks it runs on a thread in ns.
-func guardedNFT(t *testing.T, ns *netnstest.NS) knftables.Interface {
-	t.Helper()
-	want, err := netns.GetFromPath(ns.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { want.Close() })
-	var nft knftables.Interface
-	err = ns.Do(func() error {
-		nft, err = knftables.New(Family, TableName)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("knftables.New in %s: %v", ns.Name, err)
-	}
-	return &guard{Interface: nft, want: want, name: ns.Name}
-}
-
-type guard struct {
-	knftables.Interface
-	want netns.NsHandle
-	name string
-}
-
-// here locks the goroutine to its thread (the caller unlocks) and checks
-// that thread is in the wanted namespace.
-func (g *guard) here() error {
-	runtime.LockOSThread()
-	cur, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer cur.Close()
-	if !cur.Equal(g.want) {
-		return fmt.Errorf("test bug: nft would run outside %s (in %s)", g.name, cur)
-	}
-	return nil
-}
-
-func (g *guard) Run(c context.Context, tx *knftables.Transaction) error {
-	defer runtime.UnlockOSThread()
-	if err := g.here(); err != nil {
-		return err
-	}
-	return g.Interface.Run(c, tx)
-}
-
-func (g *guard) Check(c context.Context, tx *knftables.Transaction) error {
-	defer runtime.UnlockOSThread()
-	if err := g.here(); err != nil {
-		return err
-	}
-	return g.Interface.Check(c, tx)
-}
-
-func (g *guard) ListAll(c context.Context) (map[string][]string, error) {
-	defer runtime.UnlockOSThread()
-	if err := g.here(); err != nil {
-		return nil, err
-	}
-	return g.Interface.ListAll(c)
-}
-
-func (g *guard) List(c context.Context, typ string) ([]string, error) {
-	defer runtime.UnlockOSThread()
-	if err := g.here(); err != nil {
-		return nil, err
-	}
-	return g.Interface.List(c, typ)
-}
-
-func (g *guard) ListRules(c context.Context, chain string) ([]*knftables.Rule, error) {
-	defer runtime.UnlockOSThread()
-	if err := g.here(); err != nil {
-		return nil, err
-	}
-	return g.Interface.ListRules(c, chain)
-}
-
-func (g *guard) ListElements(c context.Context, typ, name string) ([]*knftables.Element, error) {
-	defer runtime.UnlockOSThread()
-	if err := g.here(); err != nil {
-		return nil, err
-	}
-	return g.Interface.ListElements(c, typ, name)
-}
-
-func (g *guard) ListCounters(c context.Context) ([]*knftables.Counter, error) {
-	defer runtime.UnlockOSThread()
-	if err := g.here(); err != nil {
-		return nil, err
-	}
-	return g.Interface.ListCounters(c)
 }
 
 // nftIn loads an nft script in ns, as someone else editing the ruleset.

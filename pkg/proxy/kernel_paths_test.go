@@ -61,7 +61,7 @@ func TestKernelProxy(t *testing.T) {
 	k.node.MustRun(t, "nft", "add table ip other; add chain ip other c; add rule ip other c ip daddr 10.96.0.10 counter")
 	other := k.node.MustRun(t, "nft", "list", "table", "ip", "other")
 
-	k.p = New(guardedNFT(t, k.node), Config{Conntrack: NewConntrack(IPv4), Log: slog.New(slog.NewTextHandler(&k.logs, nil))})
+	k.p = New(netnstest.GuardedNFT(t, k.node, IPv4.NFT, TableName), Config{Conntrack: NewConntrack(IPv4), Log: slog.New(slog.NewTextHandler(&k.logs, nil))})
 	k.syncServices = func(svcs []*corev1.Service, sl []*discoveryv1.EndpointSlice) {
 		t.Helper()
 		if err := k.node.Do(func() error { return k.p.Sync(ctx, Build(IPv4, kernelNode, svcs, sl)) }); err != nil {

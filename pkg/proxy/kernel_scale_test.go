@@ -23,7 +23,7 @@ import (
 func TestKernelScale(t *testing.T) {
 	requireKernel(t)
 	node := netnstest.New(t, "pxscale")
-	nft := guardedNFT(t, node)
+	nft := netnstest.GuardedNFT(t, node, IPv4.NFT, TableName)
 	for _, n := range []int{1, 1000, 10000} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
 			c := newCluster(n)

@@ -13,19 +13,14 @@ package proxy
 // guard below refuses any nft call from elsewhere.
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
-	"sigs.k8s.io/knftables"
 
 	"github.com/podnet/podnet/internal/netnstest"
 )
@@ -86,56 +81,6 @@ func newKernelTopo(t *testing.T) *kernelTopo {
 		t.Fatal(err)
 	}
 	return k
-}
-
-// guardedNFT builds the knftables Interface inside ns and wraps it so that
-// every nft call first checks that it runs on a thread in ns.
-func guardedNFT(t *testing.T, ns *netnstest.NS) knftables.Interface {
-	t.Helper()
-	want, err := netns.GetFromPath(ns.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { want.Close() })
-	var nft knftables.Interface
-	if err := ns.Do(func() (err error) { nft, err = knftables.New(IPv4.NFT, TableName); return err }); err != nil {
-		t.Fatalf("knftables.New in %s: %v", ns.Name, err)
-	}
-	return &nftGuard{Interface: nft, want: want, name: ns.Name}
-}
-
-type nftGuard struct {
-	knftables.Interface
-	want netns.NsHandle
-	name string
-}
-
-func (g *nftGuard) here() error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	cur, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer cur.Close()
-	if !cur.Equal(g.want) {
-		return fmt.Errorf("test bug: nft would run outside %s", g.name)
-	}
-	return nil
-}
-
-func (g *nftGuard) Run(c context.Context, tx *knftables.Transaction) error {
-	if err := g.here(); err != nil {
-		return err
-	}
-	return g.Interface.Run(c, tx)
-}
-
-func (g *nftGuard) ListAll(c context.Context) (map[string][]string, error) {
-	if err := g.here(); err != nil {
-		return nil, err
-	}
-	return g.Interface.ListAll(c)
 }
 
 // server answers every TCP connection and UDP datagram with its name,
