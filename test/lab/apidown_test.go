@@ -76,29 +76,43 @@ func podnetdAPIDown(t *testing.T, e *env, target string) {
 	}
 }
 
-// freezeAPIServer freezes kube-apiserver's cgroup until the returned
-// function, or the test's end, thaws it: to clients it is a server that
-// accepts connections and never answers.
+// freezeAPIServer freezes kube-apiserver until the returned function, or
+// the test's end, thaws it: to clients it is a server that accepts
+// connections and never answers.
 func freezeAPIServer(t *testing.T) func() {
+	t.Helper()
+	return freeze(t, "kube-apiserver", lab.ControlPlane)
+}
+
+// freeze freezes a lab component on the given machines (their cgroups)
+// until the returned function, or the test's end, thaws them.
+func freeze(t *testing.T, component string, machines ...string) func() {
 	t.Helper()
 	m, err := cgroup.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := filepath.Join(m, lab.CgroupName, lab.ControlPlane, "kube-apiserver", "cgroup.freeze")
-	if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	var files []string
 	thawed := false
 	thaw := func() {
-		if !thawed {
-			thawed = true
+		if thawed {
+			return
+		}
+		thawed = true
+		for _, f := range files {
 			if err := os.WriteFile(f, []byte("0"), 0o644); err != nil {
 				t.Error(err)
 			}
 		}
 	}
 	t.Cleanup(thaw)
+	for _, machine := range machines {
+		f := filepath.Join(m, lab.CgroupName, machine, component, "cgroup.freeze")
+		if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
 	return thaw
 }
 

@@ -271,32 +271,7 @@ func podnetdDrift(t *testing.T, e *env) {
 // cgroups) until the returned function, or the test's end, thaws them.
 func freezeNodeAgents(t *testing.T) func() {
 	t.Helper()
-	m, err := cgroup.Mount()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var files []string
-	thawed := false
-	thaw := func() {
-		if thawed {
-			return
-		}
-		thawed = true
-		for _, f := range files {
-			if err := os.WriteFile(f, []byte("0"), 0o644); err != nil {
-				t.Error(err)
-			}
-		}
-	}
-	t.Cleanup(thaw)
-	for _, node := range []string{lab.ControlPlane, "node-1", "node-2"} {
-		f := filepath.Join(m, lab.CgroupName, node, "node-agent", "cgroup.freeze")
-		if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, f)
-	}
-	return thaw
+	return freeze(t, "node-agent", lab.ControlPlane, "node-1", "node-2")
 }
 
 // overlayView is what a node holds for one remote node under vxlan.

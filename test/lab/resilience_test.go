@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/podnet/podnet/pkg/lab"
-	"github.com/podnet/podnet/pkg/lab/cgroup"
 )
 
 // TestLabUpWithoutRoot: `lab up` as an ordinary user says what is missing
@@ -83,24 +82,7 @@ func TestLabResilience(t *testing.T) {
 	e.runPod(t, "web", "node-1", corev1.RestartPolicyAlways, "nginx", nil)
 	ip := e.waitRunning(t, "web")
 
-	m, err := cgroup.Mount()
-	if err != nil {
-		t.Fatal(err)
-	}
-	freeze := filepath.Join(m, lab.CgroupName, lab.ControlPlane, "kube-apiserver", "cgroup.freeze")
-	if err := os.WriteFile(freeze, []byte("1"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	thawed := false
-	thaw := func() {
-		if !thawed {
-			thawed = true
-			if err := os.WriteFile(freeze, []byte("0"), 0o644); err != nil {
-				t.Error(err)
-			}
-		}
-	}
-	t.Cleanup(thaw)
+	thaw := freezeAPIServer(t)
 	// Longer than client-go's request timeouts and a lease renewal.
 	for i := 0; i < 15; i++ {
 		out := e.onNode("node-1", "wget -qO- -T 2 http://"+ip+"/ || echo FAILED")
