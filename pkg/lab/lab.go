@@ -185,14 +185,11 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := l.createNodes(ctx, st.Machines); err != nil {
+		return err
+	}
 	for _, ms := range st.Machines {
 		if err := l.startNode(bundle, ms); err != nil {
-			return err
-		}
-		// One node at a time: the controller manager's CIDR workers run
-		// in parallel, and node-N gets 10.244.N.0/24 (seed 003) only if
-		// each Node has its subnet before the next one registers.
-		if err := l.waitPodCIDR(ctx, ms.Name, 30*time.Second); err != nil {
 			return err
 		}
 	}

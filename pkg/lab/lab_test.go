@@ -79,3 +79,15 @@ func TestKubernetesVersionMatchesTheBuildModule(t *testing.T) {
 		t.Fatalf("hack/k8s/go.mod does not pin k8s.io/kubernetes %s", KubernetesVersion)
 	}
 }
+
+// TestNodeSubnetsFollowTheSeeds: machine i gets 10.244.i.0/24.
+func TestNodeSubnetsFollowTheSeeds(t *testing.T) {
+	for i, want := range map[int]string{0: "10.244.0.0/24", 1: "10.244.1.0/24", 12: "10.244.12.0/24"} {
+		if got, err := nodeSubnet(i); err != nil || got.String() != want {
+			t.Errorf("nodeSubnet(%d) = %v, %v; want %s", i, got, err, want)
+		}
+	}
+	if _, err := nodeSubnet(256); err == nil {
+		t.Error("nodeSubnet(256) gave a subnet outside 10.244.0.0/16")
+	}
+}

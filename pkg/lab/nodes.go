@@ -17,6 +17,7 @@ import (
 
 	"github.com/podnet/podnet/pkg/lab/images"
 	"github.com/podnet/podnet/pkg/lab/machine"
+	"github.com/podnet/podnet/pkg/lab/nodeagent"
 	"github.com/podnet/podnet/pkg/lab/pki"
 )
 
@@ -82,32 +83,39 @@ func (l *Lab) Client() (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-// waitPodCIDR waits until the Node of a machine is registered and has its
-// pod subnet.
-func (l *Lab) waitPodCIDR(ctx context.Context, name string, timeout time.Duration) error {
+// createNodes creates every machine's Node with its pod subnet, the i-th
+// machine 10.244.i.0/24 (seed 003: controlplane .0, node-N .N), before any
+// node agent registers. kube-controller-manager's node IPAM takes subnets
+// already set on Nodes as allocated; left to itself, its parallel workers
+// hand them out in no fixed order. A Node deleted and registered again
+// later gets whatever subnet node IPAM allocates, as on a real cluster.
+func (l *Lab) createNodes(ctx context.Context, ms []MachineSpec) error {
 	c, err := l.Client()
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-		if err == nil && n.Spec.PodCIDR != "" {
-			return nil
+	for i, m := range ms {
+		subnet, err := nodeSubnet(i)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			why := "not registered"
-			if err == nil {
-				why = "no pod CIDR allocated"
-			}
-			return fmt.Errorf("node %s: %s after %s; see %s", name, why, timeout, l.LogDir())
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		n := nodeagent.NodeObject(m.Name, m.ControlPlane)
+		n.Spec.PodCIDR, n.Spec.PodCIDRs = subnet.String(), []string{subnet.String()}
+		if _, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create node %s with pod subnet %s: %w", m.Name, subnet, err)
 		}
 	}
+	return nil
+}
+
+// nodeSubnet is the i-th /24 of the cluster CIDR.
+func nodeSubnet(i int) (netip.Prefix, error) {
+	if i < 0 || i > 255 {
+		return netip.Prefix{}, fmt.Errorf("no /24 number %d in the cluster CIDR %s", i, ClusterCIDR)
+	}
+	b := ClusterCIDR.Addr().As4()
+	b[2] = byte(i)
+	return netip.PrefixFrom(netip.AddrFrom4(b), 24), nil
 }
 
 // waitNodesReady waits for every machine's Node to be Ready, labels the

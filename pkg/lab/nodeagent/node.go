@@ -88,14 +88,22 @@ const (
 	ControlPlaneTaint = "node-role.kubernetes.io/control-plane"
 )
 
-// register creates the Node, or takes over an existing one of that name.
-func (a *Agent) register(ctx context.Context) error {
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: a.cfg.NodeName, Labels: map[string]string{
-		"kubernetes.io/hostname": a.cfg.NodeName, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+// NodeObject is the Node a lab node agent registers: its name, the
+// well-known labels and, on the control plane, its NoSchedule taint. The
+// lab creates it ahead of the agent when it assigns pod subnets itself.
+func NodeObject(name string, controlPlane bool) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
 	}}}
-	if a.cfg.ControlPlane {
+	if controlPlane {
 		n.Spec.Taints = []corev1.Taint{{Key: ControlPlaneTaint, Effect: corev1.TaintEffectNoSchedule}}
 	}
+	return n
+}
+
+// register creates the Node, or takes over an existing one of that name.
+func (a *Agent) register(ctx context.Context) error {
+	n := NodeObject(a.cfg.NodeName, a.cfg.ControlPlane)
 	_, err := a.client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("register node %s: %w", a.cfg.NodeName, err)
