@@ -121,9 +121,9 @@ func (l *Lab) preflight() error {
 		if _, err := os.Stat(filepath.Join(l.opts.K8sDir, "kube-proxy")); err != nil {
 			missing = append(missing, "kube-proxy in "+l.opts.K8sDir+" (hack/k8s.sh builds it; or --service-proxy none)")
 		}
-		if _, err := exec.LookPath("nft"); err != nil {
-			missing = append(missing, "the command nft, which kube-proxy's nftables mode runs (Debian package nftables)")
-		}
+	}
+	if _, err := exec.LookPath("nft"); err != nil && l.opts.ServiceProxy.Runs() {
+		missing = append(missing, "the command nft, which the service proxy runs (Debian package nftables)")
 	}
 	if l.opts.ServiceProxy.Runs() {
 		if _, err := os.Stat(filepath.Join(l.opts.CoreDNSDir, "coredns")); err != nil {

@@ -51,8 +51,7 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	if err != nil {
 		return err
 	}
-	if err := l.start(component{Machine: ms.Name, Name: "podnetd", Argv: []string{
-		filepath.Join(l.opts.PluginDir, "podnetd"), "--node", ms.Name, "--kubeconfig", pkc, "--backend", l.opts.Backend}}); err != nil {
+	if err := l.start(component{Machine: ms.Name, Name: "podnetd", Argv: l.podnetdArgv(pkc, ms)}); err != nil {
 		return err
 	}
 	proxies, err := l.serviceProxyComponents(b, ms)

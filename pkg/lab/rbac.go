@@ -13,7 +13,8 @@ import (
 
 // PodnetdRole is what podnetd may do: read every Node (the routes to the
 // other nodes come from them) and publish its own node's facts and
-// NetworkUnavailable condition. A node's own credentials cannot list other
+// NetworkUnavailable condition, and read the Services and EndpointSlices
+// its Service proxy implements. A node's own credentials cannot list other
 // Nodes (the Node authorizer), so podnetd has an identity of its own, group
 // podnet:agents, as its DaemonSet's service account will on a real cluster.
 const PodnetdRole = "podnet:podnetd"
@@ -27,6 +28,9 @@ func (l *Lab) applyRBAC(ctx context.Context) error {
 		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch", "patch"}},
 		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch", "update"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		// The Service proxy.
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 	}}
 	if _, err := c.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create ClusterRole %s: %w", PodnetdRole, err)

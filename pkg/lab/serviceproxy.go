@@ -22,15 +22,17 @@ const (
 	// on every machine (in the machine's network namespace, so its
 	// nftables tables are the machine's).
 	ServiceProxyKubeProxy ServiceProxy = "kube-proxy"
+	// ServiceProxyPodnet is podnet's own proxy, in podnetd (package proxy,
+	// table "ip podnet-proxy"): no kube-proxy runs.
+	ServiceProxyPodnet ServiceProxy = "podnet"
 )
 
-// DefaultServiceProxy is what `lab up` runs unless told otherwise. podnet's
-// own proxy (in podnetd) will join the list and become the default.
-const DefaultServiceProxy = ServiceProxyKubeProxy
+// DefaultServiceProxy is what `lab up` runs unless told otherwise.
+const DefaultServiceProxy = ServiceProxyPodnet
 
 // ServiceProxies are the choices, in the order help lists them.
 func ServiceProxies() []ServiceProxy {
-	return []ServiceProxy{ServiceProxyNone, ServiceProxyKubeProxy}
+	return []ServiceProxy{ServiceProxyPodnet, ServiceProxyKubeProxy, ServiceProxyNone}
 }
 
 // ParseServiceProxy checks a --service-proxy value.
@@ -69,7 +71,7 @@ const (
 // machine.
 func (l *Lab) serviceProxyComponents(b *pki.Bundle, ms MachineSpec) ([]component, error) {
 	switch l.opts.ServiceProxy.orDefault() {
-	case ServiceProxyNone:
+	case ServiceProxyNone, ServiceProxyPodnet: // podnet's runs in podnetd (see podnetdArgv)
 		return nil, nil
 	case ServiceProxyKubeProxy:
 		kc, err := b.KubeProxyKubeconfig()
@@ -99,4 +101,16 @@ func kubeProxyArgv(bin, kubeconfig string, ms MachineSpec) []string {
 		"--conntrack-max-per-core=0",
 		"--oom-score-adj=0", // not -999: a lab process has no claim over the host's
 	}
+}
+
+// podnetdArgv runs podnetd for one machine: its Service proxy on when the
+// lab's service proxy is podnet's (NodePorts on the machine's address, as
+// kube-proxy's are), off otherwise (podnetd then deletes its proxy table).
+func (l *Lab) podnetdArgv(kubeconfig string, ms MachineSpec) []string {
+	argv := []string{filepath.Join(l.opts.PluginDir, "podnetd"), "--node", ms.Name, "--kubeconfig", kubeconfig,
+		"--backend", l.opts.Backend, "--cluster-cidr", ClusterCIDR.String()}
+	if l.opts.ServiceProxy.orDefault() == ServiceProxyPodnet {
+		return append(argv, "--run-service-proxy=true", "--nodeport-addresses="+netip.PrefixFrom(ms.IP, 32).String())
+	}
+	return append(argv, "--run-service-proxy=false")
 }

@@ -11,12 +11,12 @@ import (
 )
 
 func TestParseServiceProxy(t *testing.T) {
-	for _, s := range []string{"none", "kube-proxy"} {
+	for _, s := range []string{"podnet", "kube-proxy", "none"} {
 		if p, err := ParseServiceProxy(s); err != nil || string(p) != s {
 			t.Errorf("ParseServiceProxy(%q) = %q, %v", s, p, err)
 		}
 	}
-	if _, err := ParseServiceProxy("ipvs"); err == nil || !strings.Contains(err.Error(), `--service-proxy "ipvs": use none or kube-proxy`) {
+	if _, err := ParseServiceProxy("ipvs"); err == nil || !strings.Contains(err.Error(), `--service-proxy "ipvs": use podnet or kube-proxy or none`) {
 		t.Errorf("ParseServiceProxy(ipvs): %v", err)
 	}
 	if New(Options{}).opts.ServiceProxy != DefaultServiceProxy || !DefaultServiceProxy.Runs() || ServiceProxyNone.Runs() {

@@ -44,6 +44,7 @@ import (
 	"github.com/podnet/podnet/pkg/backend"
 	"github.com/podnet/podnet/pkg/masq"
 	"github.com/podnet/podnet/pkg/netconf"
+	"github.com/podnet/podnet/pkg/proxy"
 )
 
 // Config configures the agent.
@@ -60,6 +61,18 @@ type Config struct {
 	// Resync is the period of full resyncs that repair drift (default 10s).
 	// It is also the longest delay between the retries of a failed pass.
 	Resync time.Duration
+	// ServiceProxy runs podnet's Service proxy (package proxy) in the
+	// agent: ClusterIPs, NodePorts, external and load-balancer IPs of the
+	// Services, in the table "ip podnet-proxy", in place of kube-proxy.
+	ServiceProxy bool
+	// NodePortAddresses restrict NodePorts to this node's addresses
+	// (InternalIP and ExternalIP of its Node) inside these prefixes, as
+	// kube-proxy's --nodeport-addresses (empty: every local address but
+	// loopback).
+	NodePortAddresses []netip.Prefix
+	// ProxyOnly runs the Service proxy alone: no backend, CNI config,
+	// egress masquerade or Node facts (another network provides them).
+	ProxyOnly bool
 	// Metrics is where the agent registers its metrics (none when nil).
 	Metrics prometheus.Registerer
 	Log     *slog.Logger
@@ -105,17 +118,20 @@ func WithRetryDelay(d time.Duration) Option { return func(a *Agent) { a.retryDel
 
 // Agent is podnetd on one node.
 type Agent struct {
-	// Health is healthy while the last sync succeeded recently (/healthz).
-	Health     *agentapi.SyncHealth
-	metrics    *metrics
-	cfg        Config
-	client     kubernetes.Interface
-	log        *slog.Logger
-	be         backend.Backend
-	nft        knftables.Interface // nil: the nft binary, opened at the first setup
-	underlay   UnderlayFunc
-	retryDelay time.Duration
-	nodes      listersv1.NodeLister
+	// Health is healthy while the last sync of the network (backend,
+	// masquerade, Node facts) succeeded recently; ProxyHealth the same for
+	// the Service proxy. The agent's Healthy combines those that run.
+	Health      *agentapi.SyncHealth
+	ProxyHealth *agentapi.SyncHealth
+	metrics     *metrics
+	cfg         Config
+	client      kubernetes.Interface
+	log         *slog.Logger
+	be          backend.Backend
+	nft         knftables.Interface // nil: the nft binary, opened at the first setup
+	underlay    UnderlayFunc
+	retryDelay  time.Duration
+	nodes       listersv1.NodeLister
 
 	// This node, as the last successful setup left it.
 	ready  bool // the backend is set up for local
@@ -131,6 +147,14 @@ type Agent struct {
 	// remote; refusedSeen holds the reasons already reported.
 	events      record.EventRecorder
 	refusedSeen map[string]string
+
+	// The Service proxy (nil unless Config.ServiceProxy).
+	proxier      *proxy.Proxier
+	proxyNFT     knftables.Interface // nil: the nft binary
+	conntrack    proxy.Conntrack
+	healthChecks proxy.HealthChecks
+	closeHealth  func() error
+	pw           *proxyWatch
 }
 
 // New returns an agent.
@@ -141,7 +165,10 @@ func New(cfg Config, client kubernetes.Interface, opts ...Option) (*Agent, error
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	a := &Agent{Health: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, metrics: newMetrics(cfg.Metrics), cfg: cfg,
+	if cfg.ProxyOnly && !cfg.ServiceProxy {
+		return nil, errors.New("proxy only, but the Service proxy is off: nothing to run")
+	}
+	a := &Agent{Health: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, ProxyHealth: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, metrics: newMetrics(cfg.Metrics), cfg: cfg,
 		client: client, log: cfg.Log.With("node", cfg.NodeName), underlay: underlay, retryDelay: DefaultRetryDelay}
 	for _, o := range opts {
 		o(a)
@@ -149,7 +176,7 @@ func New(cfg Config, client kubernetes.Interface, opts ...Option) (*Agent, error
 	if a.retryDelay <= 0 {
 		a.retryDelay = DefaultRetryDelay
 	}
-	if a.be == nil {
+	if a.be == nil && !cfg.ProxyOnly {
 		be, err := backend.New(cfg.Backend)
 		if err != nil {
 			return nil, err
@@ -157,6 +184,23 @@ func New(cfg Config, client kubernetes.Interface, opts ...Option) (*Agent, error
 		a.be = be
 	}
 	return a, nil
+}
+
+// Healthy is the agent's health (/healthz): every part that runs (the
+// network, the Service proxy) synced successfully and recently.
+func (a *Agent) Healthy() error {
+	var errs []error
+	if !a.cfg.ProxyOnly {
+		if err := a.Health.Healthy(); err != nil {
+			errs = append(errs, fmt.Errorf("network: %w", err))
+		}
+	}
+	if a.cfg.ServiceProxy {
+		if err := a.ProxyHealth.Healthy(); err != nil {
+			errs = append(errs, fmt.Errorf("service proxy: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // sync is one pass: it applies the whole desired state. It sets this node

@@ -2,6 +2,7 @@ package podnetd
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -14,22 +15,37 @@ import (
 
 // Run runs until ctx ends. The dataplane is left in place when it returns:
 // a restarted agent adopts it and fixes only what differs. Run returns an
-// error only if ctx ends before the informer has synced; every failure
-// after that is retried (see loop).
+// error only if ctx ends before the informers have synced, or the Service
+// proxy cannot be built; every failure after that is retried (see loop).
+//
+// The network (backend, masquerade, Node facts) and the Service proxy run
+// as two loops of their own, each on its own events, so that a burst of
+// Service changes never delays a route and a slow backend never delays a
+// Service. Neither writes anything before every informer it reads has
+// synced: a sync from a partial view would remove what is not seen yet.
 func (a *Agent) Run(ctx context.Context) error {
 	f := informers.NewSharedInformerFactory(a.client, 0)
 	inf := f.Core().V1().Nodes()
-	dirty := make(chan struct{}, 1)
-	poke := func() {
-		select {
-		case dirty <- struct{}{}:
-		default:
-		}
-	}
+	dirty, poke := dirtyChan()
+	proxyDirty, pokeProxy := dirtyChan()
 	_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { poke() }, UpdateFunc: func(any, any) { poke() }, DeleteFunc: func(any) { poke() }})
+		AddFunc: func(any) { poke(); pokeProxy() }, UpdateFunc: func(any, any) { poke(); pokeProxy() }, DeleteFunc: func(any) { poke(); pokeProxy() }})
 	a.nodes = inf.Lister()
-	if a.events == nil {
+	synced := []cache.InformerSynced{inf.Informer().HasSynced}
+	if a.cfg.ServiceProxy {
+		if err := a.newProxier(); err != nil {
+			return err
+		}
+		if a.closeHealth != nil {
+			defer func() { _ = a.closeHealth() }()
+		}
+		pf := informers.NewSharedInformerFactoryWithOptions(a.client, 0, informers.WithTweakListOptions(proxyListFilter))
+		a.pw = watchServices(pf, pokeProxy)
+		synced = append(synced, a.pw.synced...)
+		pf.Start(ctx.Done())
+		defer pf.Shutdown()
+	}
+	if a.events == nil && !a.cfg.ProxyOnly {
 		b := record.NewBroadcaster(record.WithContext(ctx))
 		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.client.CoreV1().Events("")})
 		defer b.Shutdown()
@@ -37,21 +53,44 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	f.Start(ctx.Done())
 	defer f.Shutdown()
-	a.log.Info("waiting for the node informer to sync")
-	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+	a.log.Info("waiting for the informers to sync", "service_proxy", a.cfg.ServiceProxy)
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
-	a.loop(ctx, dirty)
+	var wg sync.WaitGroup
+	if a.cfg.ServiceProxy {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.loop(ctx, "service proxy", proxyDirty, a.proxyPass)
+		}()
+	}
+	if !a.cfg.ProxyOnly {
+		a.loop(ctx, "network", dirty, a.pass)
+	}
+	wg.Wait()
 	return nil
 }
 
-// loop runs a pass on every event, at most every minInterval, and at least
+// dirtyChan is a level trigger: poke marks it, however often, and one
+// receive clears it.
+func dirtyChan() (<-chan struct{}, func()) {
+	dirty := make(chan struct{}, 1)
+	return dirty, func() {
+		select {
+		case dirty <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// loop runs pass on every event, at most every minInterval, and at least
 // every resync period. A failed pass is retried after a backoff delay,
 // whether or not an event comes; an event or a resync tick still runs a
-// pass sooner (it may bring what the failed pass lacked). The informer
-// keeps its cache while the API server is unreachable, so every pass,
-// retries included, keeps the dataplane equal to the last known Nodes.
-func (a *Agent) loop(ctx context.Context, dirty <-chan struct{}) {
+// pass sooner (it may bring what the failed pass lacked). The informers
+// keep their caches while the API server is unreachable, so every pass,
+// retries included, keeps the dataplane equal to the last known objects.
+func (a *Agent) loop(ctx context.Context, what string, dirty <-chan struct{}, pass func(context.Context) (bool, error)) {
 	resync := time.NewTicker(a.cfg.Resync)
 	defer resync.Stop()
 	retry := backoff{first: a.retryDelay, max: a.cfg.Resync}
@@ -62,16 +101,16 @@ func (a *Agent) loop(ctx context.Context, dirty <-chan struct{}) {
 		}
 		last = time.Now()
 		var again <-chan time.Time
-		ran, err := a.pass(ctx)
+		ran, err := pass(ctx)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return // the error is most likely the cancellation
 		case err != nil:
 			d := retry.next()
-			a.log.Error("sync failed; retrying", "err", err, "retry_in", d, "failures", retry.failures)
+			a.log.Error("sync failed; retrying", "part", what, "err", err, "retry_in", d, "failures", retry.failures)
 			again = time.After(d)
 		case ran && retry.failures > 0:
-			a.log.Info("sync succeeded again", "failures", retry.failures)
+			a.log.Info("sync succeeded again", "part", what, "failures", retry.failures)
 			retry.reset()
 		}
 		select {
