@@ -3,7 +3,6 @@ package lab_test
 import (
 	"context"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -18,8 +17,8 @@ import (
 	"github.com/podnet/podnet/pkg/lab"
 )
 
-// TestLabDNS is the lab with its default service proxy (kube-proxy,
-// nftables mode) and cluster DNS (CoreDNS behind kube-dns, 10.96.0.10):
+// TestLabDNS is the lab with its default service proxy (podnet's, in
+// podnetd) and cluster DNS (CoreDNS behind kube-dns, 10.96.0.10):
 // names resolve from a pod as seed 001 shows them, a Service's name
 // reaches its backend, and nothing of the proxy lands on the host. The
 // node agent's volumes, which CoreDNS needs, are checked on the same lab.
@@ -41,7 +40,7 @@ func TestLabDNS(t *testing.T) {
 		e.createBackend(t)
 		svc := e.createService(t, "my-service", "", map[string]string{"app": "backend"})
 		e.expectLookup(t, "my-service", svc.Spec.ClusterIP)
-		// Through kube-proxy's DNAT on node-1 to the backend on node-2.
+		// Through the proxy's DNAT on node-1 to the backend on node-2.
 		var out string
 		var err error
 		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
@@ -73,18 +72,10 @@ func TestLabDNS(t *testing.T) {
 		}
 	})
 
-	t.Run("kube-proxy stays on the machines", func(t *testing.T) {
-		if out := e.onNode("node-1", "nft list tables"); !strings.Contains(out, "table ip kube-proxy") {
-			t.Errorf("node-1 has no kube-proxy table:\n%s", out)
-		}
-		if out, err := exec.Command("nft", "list", "table", "ip", "kube-proxy").CombinedOutput(); err == nil {
-			t.Errorf("the host has a kube-proxy table:\n%s", out)
-		}
+	t.Run("the proxy stays on the machines", func(t *testing.T) {
+		proxyStaysOnMachines(t, e, lab.ServiceProxyPodnet, lab.ControlPlane, "node-1", "node-2")
 		if now, _ := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max"); string(now) != string(ctMax) {
 			t.Errorf("the host's nf_conntrack_max changed from %q to %q", ctMax, now)
-		}
-		if st, _ := e.podnetctl("lab", "status"); strings.Count(st, "kube-proxy=running,answering") != 3 {
-			t.Errorf("lab status does not show kube-proxy answering on every machine:\n%s", st)
 		}
 	})
 
