@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: seeds 003 and 004 replayed, with their own commands, on a lab
+# make demo: seeds 003 and 004 replayed, then seeds 000 and 001's Services, with their own commands, on a lab
 # cluster built on this machine (podnetctl lab up): the real Kubernetes
 # control plane, nodes made of namespaces, pods wired by the podnet plugin.
 # The lab is removed at the end (KEEP=1 keeps it for you to explore).
@@ -71,3 +71,28 @@ for n in node-1 node-2; do
     on "$n" bridge fdb show dev podnet.1
   fi
 done
+
+say "Seeds 000 and 001: a Service (podnet's own proxy in podnetd, no kube-proxy)"
+on node-1 kubectl create deployment web --image=registry.k8s.io/e2e-test-images/agnhost --replicas=3 -- /agnhost netexec --http-port=8080
+on node-1 kubectl expose deployment web --port=80 --target-port=8080 --type=NodePort
+kc wait --for=condition=Available deployment/web --timeout=60s >/dev/null
+on node-1 kubectl run client --image=busybox --overrides='{"spec":{"nodeName":"node-2"}}' -- sleep 3600
+kc wait --for=condition=Ready pod/client --timeout=60s >/dev/null
+on node-1 kubectl get svc,ep -o wide
+on node-1 kubectl exec client -- nslookup web
+echo "(from the client on node-2, six requests to the ClusterIP spread over the backends)"
+on node-1 kubectl exec client -- sh -c 'for i in 1 2 3 4 5 6; do wget -qO- -T 2 http://web/hostname; echo; done'
+NP=$(kc get svc web -o jsonpath='{.spec.ports[0].nodePort}')
+printf '\033[36m[host]$ curl http://192.168.56.11:%s/hostname\033[0m\n' "$NP"
+curl -s -m 3 "http://192.168.56.11:$NP/hostname"; echo
+on node-1 nft list map ip podnet-proxy service-ips
+
+say "Seed 000's classic failure: a selector that matches no pod"
+on node-1 kubectl create service clusterip broken --tcp=80:8080
+on node-1 kubectl get endpoints broken
+on node-1 kubectl exec client -- wget -O- -T 5 http://broken/hostname || true
+echo "(refused at once, not a timeout: the Service has no endpoints)"
+on node-1 kubectl set selector service broken app=web
+for _ in $(seq 50); do kc get endpoints broken -o jsonpath='{.subsets[0].addresses[0].ip}' 2>/dev/null | grep -q . && break; sleep 0.2; done
+on node-1 kubectl get endpoints broken
+on node-1 kubectl exec client -- wget -qO- -T 5 http://broken/hostname; echo
