@@ -404,21 +404,9 @@ func (e *env) waitEndpoints(t *testing.T, svc string, n int) time.Time {
 	t.Helper()
 	var at time.Time
 	waitFor(t, 30*time.Second, fmt.Sprintf("Service %s has %d ready endpoints", svc, n), func() (bool, string) {
-		list, err := e.client.DiscoveryV1().EndpointSlices("default").List(context.Background(),
-			metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
-		if err != nil {
-			return false, err.Error()
-		}
-		ready := 0
-		for _, s := range list.Items {
-			for _, ep := range s.Endpoints {
-				if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
-					ready++
-				}
-			}
-		}
+		ready, _, err := e.endpoints(svc)
 		at = time.Now()
-		return ready == n, fmt.Sprintf("%d ready", ready)
+		return err == nil && ready == n, fmt.Sprintf("%d ready (%v)", ready, err)
 	})
 	return at
 }
@@ -428,17 +416,28 @@ func (e *env) waitEndpoints(t *testing.T, svc string, n int) time.Time {
 func (e *env) waitNoEndpoints(t *testing.T, svc string) {
 	t.Helper()
 	waitFor(t, 30*time.Second, "Service "+svc+" has no endpoint", func() (bool, string) {
-		list, err := e.client.DiscoveryV1().EndpointSlices("default").List(context.Background(),
-			metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
-		if err != nil {
-			return false, err.Error()
-		}
-		n := 0
-		for _, s := range list.Items {
-			n += len(s.Endpoints)
-		}
-		return n == 0, fmt.Sprintf("%d endpoints", n)
+		_, all, err := e.endpoints(svc)
+		return err == nil && all == 0, fmt.Sprintf("%d endpoints (%v)", all, err)
 	})
+}
+
+// endpoints counts the endpoints in a Service's EndpointSlices: the ready
+// ones, and all.
+func (e *env) endpoints(svc string) (ready, all int, err error) {
+	list, err := e.client.DiscoveryV1().EndpointSlices("default").List(context.Background(),
+		metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, s := range list.Items {
+		for _, ep := range s.Endpoints {
+			all++
+			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+				ready++
+			}
+		}
+	}
+	return ready, all, nil
 }
 
 func (e *env) patchLabels(t *testing.T, pod, patch string) {
