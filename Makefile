@@ -60,9 +60,10 @@ lab-up: deps ref-plugins k8s coredns build
 lab-down:
 	bin/podnetctl lab down
 
-bench: deps ref-plugins build
+bench: deps ref-plugins k8s build
 	$(GO) run ./bench/cni
 	$(GO) run ./bench/net
+	$(GO) run ./bench/services
 
 demo: deps ref-plugins k8s coredns build
 	@bash hack/demo.sh

@@ -78,17 +78,17 @@ func (l *Lab) serviceProxyComponents(b *pki.Bundle, ms MachineSpec) ([]component
 		if err != nil {
 			return nil, err
 		}
-		return []component{{Machine: ms.Name, Name: "kube-proxy", Argv: kubeProxyArgv(filepath.Join(l.opts.K8sDir, "kube-proxy"), kc, ms)}}, nil
+		return []component{{Machine: ms.Name, Name: "kube-proxy", Argv: KubeProxyArgv(filepath.Join(l.opts.K8sDir, "kube-proxy"), kc, ms)}}, nil
 	}
 	return nil, fmt.Errorf("service proxy %q: unknown", l.opts.ServiceProxy)
 }
 
-// kubeProxyArgv runs kube-proxy for one machine. It leaves the host's
+// KubeProxyArgv runs kube-proxy for one machine. It leaves the host's
 // global conntrack settings alone (--conntrack-max-per-core=0: the table
 // size and hash size are the host's, and a network namespace may not
 // change them); the timeouts it sets are per network namespace, the
 // machine's.
-func kubeProxyArgv(bin, kubeconfig string, ms MachineSpec) []string {
+func KubeProxyArgv(bin, kubeconfig string, ms MachineSpec) []string {
 	return []string{bin,
 		"--kubeconfig=" + kubeconfig,
 		"--proxy-mode=nftables",

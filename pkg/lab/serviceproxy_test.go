@@ -29,7 +29,7 @@ func TestParseServiceProxy(t *testing.T) {
 // table size alone.
 func TestKubeProxyStaysOnItsMachine(t *testing.T) {
 	m := Machines(1, 0)[1]
-	argv := strings.Join(kubeProxyArgv("/k8s/kube-proxy", "/pki/kube-proxy.conf", m), " ")
+	argv := strings.Join(KubeProxyArgv("/k8s/kube-proxy", "/pki/kube-proxy.conf", m), " ")
 	for _, want := range []string{"--proxy-mode=nftables", "--hostname-override=node-1", "--cluster-cidr=10.244.0.0/16",
 		"--nodeport-addresses=192.168.56.11/32", "--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=192.168.56.11:10256",
 		"--conntrack-max-per-core=0", "--kubeconfig=/pki/kube-proxy.conf"} {
