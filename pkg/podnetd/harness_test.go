@@ -61,6 +61,7 @@ type harness struct {
 	reg    *prometheus.Registry
 	logs   *logBuffer
 	agent  *podnetd.Agent
+	opts   []podnetd.Option // more options for New
 
 	watching  chan struct{} // closed when the informer's first watch is established
 	watchOnce sync.Once
@@ -137,8 +138,8 @@ func (h *harness) start() {
 		h.underlay = append(h.underlay, ip)
 		return "eth1", segment, nil
 	}
-	a, err := podnetd.New(h.cfg, h.client, podnetd.WithBackend(h.be), podnetd.WithNFTables(h.nft),
-		podnetd.WithUnderlay(under), podnetd.WithRetryDelay(h.retry))
+	a, err := podnetd.New(h.cfg, h.client, append([]podnetd.Option{podnetd.WithBackend(h.be), podnetd.WithNFTables(h.nft),
+		podnetd.WithUnderlay(under), podnetd.WithRetryDelay(h.retry)}, h.opts...)...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
