@@ -25,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/knftables"
@@ -127,7 +128,11 @@ func newHarness(t *testing.T, nodes ...*corev1.Node) *harness {
 }
 
 // start runs the agent until the test ends.
-func (h *harness) start() {
+func (h *harness) start() { h.startOn(h.client) }
+
+// startOn runs the agent on client (h.client, or a wrapper of it) until
+// the test ends.
+func (h *harness) startOn(client kubernetes.Interface) {
 	t := h.t
 	t.Helper()
 	h.cfg.Metrics = h.reg
@@ -138,7 +143,7 @@ func (h *harness) start() {
 		h.underlay = append(h.underlay, ip)
 		return "eth1", segment, nil
 	}
-	a, err := podnetd.New(h.cfg, h.client, append([]podnetd.Option{podnetd.WithBackend(h.be), podnetd.WithNFTables(h.nft),
+	a, err := podnetd.New(h.cfg, client, append([]podnetd.Option{podnetd.WithBackend(h.be), podnetd.WithNFTables(h.nft),
 		podnetd.WithUnderlay(under), podnetd.WithRetryDelay(h.retry)}, h.opts...)...)
 	if err != nil {
 		t.Fatalf("New: %v", err)

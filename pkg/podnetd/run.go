@@ -13,16 +13,17 @@ import (
 	"k8s.io/client-go/tools/record"
 )
 
-// Run runs until ctx ends. The dataplane is left in place when it returns:
-// a restarted agent adopts it and fixes only what differs. Run returns an
-// error only if ctx ends before the informers have synced, or the Service
-// proxy cannot be built; every failure after that is retried (see loop).
+// Run runs until ctx ends, and returns nil then (an error only at once, if
+// the Service proxy cannot be built); every failure meanwhile is retried
+// (see loop). The dataplane is left in place when it returns: a restarted
+// agent adopts it and fixes only what differs.
 //
 // The network (backend, masquerade, Node facts) and the Service proxy run
 // as two loops of their own, each on its own events, so that a burst of
 // Service changes never delays a route and a slow backend never delays a
 // Service. Neither writes anything before every informer it reads has
-// synced: a sync from a partial view would remove what is not seen yet.
+// synced (a sync from a partial view would remove what is not seen yet),
+// and neither waits for the other's informers.
 func (a *Agent) Run(ctx context.Context) error {
 	f := informers.NewSharedInformerFactory(a.client, 0)
 	inf := f.Core().V1().Nodes()
@@ -31,7 +32,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { poke(); pokeProxy() }, UpdateFunc: func(any, any) { poke(); pokeProxy() }, DeleteFunc: func(any) { poke(); pokeProxy() }})
 	a.nodes = inf.Lister()
-	synced := []cache.InformerSynced{inf.Informer().HasSynced}
+	var proxySynced []cache.InformerSynced
 	if a.cfg.ServiceProxy {
 		if err := a.newProxier(); err != nil {
 			return err
@@ -41,7 +42,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		pf := informers.NewSharedInformerFactoryWithOptions(a.client, 0, informers.WithTweakListOptions(proxyListFilter))
 		a.pw = watchServices(pf, pokeProxy)
-		synced = append(synced, a.pw.synced...)
+		proxySynced = append(a.pw.synced, inf.Informer().HasSynced)
 		pf.Start(ctx.Done())
 		defer pf.Shutdown()
 	}
@@ -53,20 +54,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	f.Start(ctx.Done())
 	defer f.Shutdown()
-	a.log.Info("waiting for the informers to sync", "service_proxy", a.cfg.ServiceProxy)
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return ctx.Err()
-	}
 	var wg sync.WaitGroup
 	if a.cfg.ServiceProxy {
+		// The proxy waits for its own informers only: Services it cannot
+		// list (a missing RBAC rule, say) must not hold back the pod
+		// network.
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.loop(ctx, "service proxy", proxyDirty, a.proxyPass)
+			a.log.Info("service proxy: waiting for the Service, EndpointSlice and Node informers to sync")
+			if cache.WaitForCacheSync(ctx.Done(), proxySynced...) {
+				a.loop(ctx, "service proxy", proxyDirty, a.proxyPass)
+			}
 		}()
 	}
 	if !a.cfg.ProxyOnly {
-		a.loop(ctx, "network", dirty, a.pass)
+		a.log.Info("waiting for the node informer to sync")
+		if cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+			a.loop(ctx, "network", dirty, a.pass)
+		}
 	}
 	wg.Wait()
 	return nil
