@@ -22,7 +22,7 @@ const usage = `podnetctl — podnet's command line
   podnetctl lab up [--workers N] [--far-workers N] [--backend vxlan|host-gw|hybrid]
                    [--service-proxy podnet|kube-proxy|none]
                                    build a Kubernetes cluster of network namespaces on this machine;
-                                   with a service proxy (default kube-proxy, nftables mode) it also runs
+                                   with a service proxy (default podnet's own, in podnetd) it also runs
                                    the cluster DNS: CoreDNS behind the kube-dns Service, 10.96.0.10
   podnetctl lab down               remove everything the lab made (safe to run twice, and after a crash)
   podnetctl lab status             machines, components, nodes and where the logs are
