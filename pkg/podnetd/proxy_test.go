@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/knftables"
@@ -59,41 +60,53 @@ func (l *lockedNFT) keys(kind, name string) []string {
 	return out
 }
 
-// fakeHealth records what the proxy tells the health-check node ports.
-type fakeHealth struct {
-	mu   sync.Mutex
-	last map[uint16]proxy.HealthService
-}
-
-func (f *fakeHealth) SyncServices(m map[uint16]proxy.HealthService) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.last = m
-	return nil
-}
-
+// proxyHarness is the agent with its Service proxy on, seen through a
+// probe of its table (every transaction counted, failures on demand), its
+// health checks recorded call by call, its conntrack calls recorded, and
+// knowing when the informers of Services and EndpointSlices watch.
 type proxyHarness struct {
 	*harness
-	pnft   *lockedNFT
-	ct     *proxy.FakeConntrack
-	health *fakeHealth
+	pnft    *lockedNFT
+	probe   *probeNFT
+	ct      *proxy.FakeConntrack
+	hc      *healthRecorder
+	watched map[string]chan struct{} // by resource: closed at its first watch
 }
 
-// newProxyHarness is the agent with its Service proxy on, on node-1
-// (10.244.1.0/24, 192.168.56.11), with objs in the API before it starts.
+// newProxyHarness is that agent on node-1 (10.244.1.0/24, 192.168.56.11),
+// with objs in the API before it starts.
 func newProxyHarness(t *testing.T, objs ...runtime.Object) *proxyHarness {
 	t.Helper()
+	pnft := &lockedNFT{Fake: knftables.NewFake(proxy.IPv4.NFT, proxy.TableName)}
 	h := &proxyHarness{harness: newHarness(t, node(selfName, "10.244.1.0/24", "192.168.56.11")),
-		pnft: &lockedNFT{Fake: knftables.NewFake(proxy.IPv4.NFT, proxy.TableName)}, ct: &proxy.FakeConntrack{},
-		health: &fakeHealth{}}
+		pnft: pnft, probe: &probeNFT{lockedNFT: pnft}, ct: &proxy.FakeConntrack{}, hc: &healthRecorder{},
+		watched: map[string]chan struct{}{}}
 	for _, o := range objs {
 		if err := h.client.Tracker().Add(o); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// The fake tracker replays nothing between an informer's list and its
+	// watch: a test writes only once the informer watches.
+	for _, res := range []string{"services", "endpointslices"} {
+		ch := make(chan struct{})
+		h.watched[res] = ch
+		var once sync.Once
+		h.client.PrependWatchReactor(res, func(action clienttesting.Action) (bool, watch.Interface, error) {
+			var opts metav1.ListOptions
+			if w, ok := action.(clienttesting.WatchActionImpl); ok {
+				opts = w.ListOptions
+			}
+			w, err := h.client.Tracker().Watch(action.GetResource(), action.GetNamespace(), opts)
+			if err == nil {
+				once.Do(func() { close(ch) })
+			}
+			return true, w, err
+		})
+	}
 	h.cfg.ServiceProxy = true
 	h.cfg.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.56.0/24")}
-	h.opts = []podnetd.Option{podnetd.WithProxyNFTables(h.pnft), podnetd.WithConntrack(h.ct), podnetd.WithHealthChecks(h.health)}
+	h.opts = []podnetd.Option{podnetd.WithProxyNFTables(h.probe), podnetd.WithConntrack(h.ct), podnetd.WithHealthChecks(h.hc)}
 	return h
 }
 

@@ -27,7 +27,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	typeddiscoveryv1 "k8s.io/client-go/kubernetes/typed/discovery/v1"
 	clienttesting "k8s.io/client-go/testing"
@@ -39,48 +38,9 @@ import (
 	"github.com/podnet/podnet/pkg/proxy"
 )
 
-// svcHarness is a proxyHarness whose proxy table is seen through a probe
-// (every transaction counted, failures on demand), whose health checks
-// are recorded call by call, and which knows when the informers of
-// Services and EndpointSlices watch.
-type svcHarness struct {
-	*proxyHarness
-	probe   *probeNFT
-	hc      *healthRecorder
-	watched map[string]chan struct{} // by resource: closed at its first watch
-}
-
-func newSvcHarness(t *testing.T, objs ...runtime.Object) *svcHarness {
-	t.Helper()
-	ph := newProxyHarness(t, objs...)
-	h := &svcHarness{proxyHarness: ph, probe: &probeNFT{lockedNFT: ph.pnft}, hc: &healthRecorder{},
-		watched: map[string]chan struct{}{}}
-	// The fake tracker replays nothing between an informer's list and its
-	// watch: a test writes only once the informer watches.
-	for _, res := range []string{"services", "endpointslices"} {
-		ch := make(chan struct{})
-		h.watched[res] = ch
-		var once sync.Once
-		h.client.PrependWatchReactor(res, func(action clienttesting.Action) (bool, watch.Interface, error) {
-			var opts metav1.ListOptions
-			if w, ok := action.(clienttesting.WatchActionImpl); ok {
-				opts = w.ListOptions
-			}
-			w, err := h.client.Tracker().Watch(action.GetResource(), action.GetNamespace(), opts)
-			if err == nil {
-				once.Do(func() { close(ch) })
-			}
-			return true, w, err
-		})
-	}
-	// Later options win: the probe and the recorder replace the plain fakes.
-	h.opts = append(h.opts, podnetd.WithProxyNFTables(h.probe), podnetd.WithHealthChecks(h.hc))
-	return h
-}
-
 // waitWatches waits until the informers of Nodes, Services and
 // EndpointSlices all watch: from then on every write reaches the agent.
-func (h *svcHarness) waitWatches() {
+func (h *proxyHarness) waitWatches() {
 	h.t.Helper()
 	h.waitWatching()
 	for res, ch := range h.watched {
@@ -96,7 +56,7 @@ func (h *svcHarness) waitWatches() {
 // first objects after they report synced, and each notification wakes
 // the proxy up), so that only the next change's own event can bring it to
 // the table.
-func (h *svcHarness) settle() {
+func (h *proxyHarness) settle() {
 	h.t.Helper()
 	before := h.table().String()
 	consistently(h.t, 300*time.Millisecond, "the table settled", func() (bool, string) {
@@ -110,7 +70,7 @@ type table struct {
 	ServiceIPs, NodePorts, Rejected, NodePortIPs, Endpoints []string
 }
 
-func (h *svcHarness) table() table {
+func (h *proxyHarness) table() table {
 	return table{ServiceIPs: h.pnft.keys("map", "service-ips"), NodePorts: h.pnft.keys("map", "service-nodeports"),
 		Rejected: h.pnft.keys("map", "no-endpoint-services"), NodePortIPs: h.pnft.keys("set", "nodeport-ips"),
 		Endpoints: pickedEndpoints(h.pnft)}
@@ -207,7 +167,7 @@ func (r *healthRecorder) state() (int, map[uint16]proxy.HealthService) {
 }
 
 // put creates or updates o through the client, as its controller would.
-func (h *svcHarness) put(o runtime.Object) {
+func (h *proxyHarness) put(o runtime.Object) {
 	h.t.Helper()
 	ctx := context.Background()
 	var err error
@@ -232,14 +192,14 @@ func (h *svcHarness) put(o runtime.Object) {
 	}
 }
 
-func (h *svcHarness) deleteService(name string) {
+func (h *proxyHarness) deleteService(name string) {
 	h.t.Helper()
 	if err := h.client.CoreV1().Services("default").Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
 		h.t.Fatal(err)
 	}
 }
 
-func (h *svcHarness) deleteSlice(name string) {
+func (h *proxyHarness) deleteSlice(name string) {
 	h.t.Helper()
 	if err := h.client.DiscoveryV1().EndpointSlices("default").Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
 		h.t.Fatal(err)
@@ -248,7 +208,7 @@ func (h *svcHarness) deleteSlice(name string) {
 
 // setNode replaces this node's Node in the fake API before the agent
 // starts (nil: no Node at all).
-func (h *svcHarness) setNode(n *corev1.Node) {
+func (h *proxyHarness) setNode(n *corev1.Node) {
 	h.t.Helper()
 	gvr := corev1.SchemeGroupVersion.WithResource("nodes")
 	if err := h.client.Tracker().Delete(gvr, "", selfName); err != nil {
@@ -294,7 +254,7 @@ func tcp(port int32) corev1.ServicePort {
 // deleted, a slice deleted) by its event, not by the resync.
 func TestServicesFollowTheAPI(t *testing.T) {
 	t.Parallel()
-	h := newSvcHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
+	h := newProxyHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
 	h.setNode(publishedNode())
 	h.cfg.Resync = time.Minute // no resync, no Node written: the Services' events carry every change
 	h.start()
@@ -344,7 +304,7 @@ func TestServicesKubeProxyLabelFilter(t *testing.T) {
 	t.Parallel()
 	otherProxy := labelled(podnetd.LabelServiceProxyName, "other")
 	headless := labelled(podnetd.LabelHeadless, "")
-	h := newSvcHarness(t,
+	h := newProxyHarness(t,
 		svc("mine", "10.96.0.30", nil), epSlice("mine", corev1.ProtocolTCP, "10.244.2.1"),
 		// The endpointslice controller copies a Service's labels to its slices.
 		withLabels(svc("other", "10.96.0.31", nil), otherProxy), withLabels(epSlice("other", corev1.ProtocolTCP, "10.244.2.2"), otherProxy),
@@ -442,7 +402,7 @@ func (s gatedSlices) List(ctx context.Context, opts metav1.ListOptions) (*discov
 // list answers, the first write already has the endpoints.
 func TestServicesWaitForEveryInformer(t *testing.T) {
 	t.Parallel()
-	h := newSvcHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
+	h := newProxyHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
 	gc := &gatedClient{Clientset: h.client, open: make(chan struct{}), entered: make(chan struct{})}
 	h.startOn(gc)
 	var once sync.Once
@@ -485,7 +445,7 @@ func TestServicesWaitForEveryInformer(t *testing.T) {
 // needs no backend at all, and is refused without the proxy.
 func TestServicesProxyOnlyTouchesNoNetwork(t *testing.T) {
 	t.Parallel()
-	h := newSvcHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
+	h := newProxyHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
 	h.cfg.ProxyOnly = true
 	h.start()
 	eventually(t, "web programmed, and the agent healthy with no network part", func() (bool, string) {
@@ -527,7 +487,7 @@ func TestServicesProxyOnlyTouchesNoNetwork(t *testing.T) {
 // (a cluster that runs kube-proxy grants podnetd no access to them).
 func TestServicesProxyOffTouchesNothing(t *testing.T) {
 	t.Parallel()
-	h := newSvcHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
+	h := newProxyHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
 	h.cfg.ServiceProxy, h.cfg.NodePortAddresses = false, nil
 	h.start()
 	h.ready()
@@ -554,7 +514,7 @@ func TestServicesProxyOffTouchesNothing(t *testing.T) {
 // own (no event, no resync here).
 func TestServicesHealthyCombinesParts(t *testing.T) {
 	t.Parallel()
-	healthy := func(h *svcHarness, network, proxy bool) (bool, string) {
+	healthy := func(h *proxyHarness, network, proxy bool) (bool, string) {
 		err := h.agent.Healthy()
 		if err == nil {
 			return network && proxy, "<nil>"
@@ -564,7 +524,7 @@ func TestServicesHealthyCombinesParts(t *testing.T) {
 	}
 	t.Run("network waiting", func(t *testing.T) {
 		t.Parallel()
-		h := newSvcHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
+		h := newProxyHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
 		h.setNode(node(selfName, "", "192.168.56.11")) // no pod subnet yet
 		h.start()
 		eventually(t, "the proxy synced, the network not: unhealthy, network only", func() (bool, string) {
@@ -577,7 +537,7 @@ func TestServicesHealthyCombinesParts(t *testing.T) {
 	})
 	t.Run("proxy failing", func(t *testing.T) {
 		t.Parallel()
-		h := newSvcHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
+		h := newProxyHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
 		h.cfg.Resync = time.Minute
 		h.setNode(publishedNode()) // no Node event: only the retries bring the proxy back
 		h.probe.setFail(errors.New("nft: operation not permitted (test)"))
@@ -608,7 +568,7 @@ func TestServicesNodeFacts(t *testing.T) {
 	t.Parallel()
 	np := svc("np", "10.96.0.40", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeNodePort },
 		corev1.ServicePort{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP, NodePort: 30080})
-	h := newSvcHarness(t, np, epSlice("np", corev1.ProtocolTCP, "10.244.2.5@node-2"))
+	h := newProxyHarness(t, np, epSlice("np", corev1.ProtocolTCP, "10.244.2.5@node-2"))
 	h.setNode(nil) // not registered yet
 	h.cfg.Resync = time.Minute
 	h.cfg.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.56.0/24"), netip.MustParsePrefix("198.51.100.0/24")}
@@ -651,7 +611,7 @@ func TestServicesUDPConntrack(t *testing.T) {
 	dns := svc("dns", "10.96.0.10", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeNodePort },
 		corev1.ServicePort{Name: "http", Port: 53, Protocol: corev1.ProtocolUDP, NodePort: 30053})
 	late := svc("late", "10.96.0.11", nil, corev1.ServicePort{Name: "http", Port: 53, Protocol: corev1.ProtocolUDP})
-	h := newSvcHarness(t,
+	h := newProxyHarness(t,
 		dns, epSlice("dns", corev1.ProtocolUDP, "10.244.1.5@node-1", "10.244.2.5@node-2"),
 		late, // no endpoint yet
 		svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.6@node-2", "10.244.2.7@node-2"))
@@ -705,7 +665,7 @@ func TestServicesHealthCheckNodePorts(t *testing.T) {
 	}
 	lbSlice := epSlice("lb", corev1.ProtocolTCP, "10.244.1.8@node-1", "10.244.1.9@node-1", "10.244.1.10@node-1", "10.244.2.8@node-2")
 	lbSlice.Endpoints[2].Conditions.Ready = ptr.To(false) // 10.244.1.10: local, not ready
-	h := newSvcHarness(t,
+	h := newProxyHarness(t,
 		lbSvc("lb", "10.96.0.30", corev1.ServiceExternalTrafficPolicyLocal, 32000), lbSlice,
 		lbSvc("clb", "10.96.0.31", corev1.ServiceExternalTrafficPolicyCluster, 0), epSlice("clb", corev1.ProtocolTCP, "10.244.1.11@node-1"))
 	h.cfg.Resync = time.Minute
@@ -750,7 +710,7 @@ func (b *blockingBackend) Sync(remotes []backend.Remote) (backend.Result, error)
 // The two loops: a network pass that hangs delays no Service.
 func TestServicesNotDelayedByTheNetwork(t *testing.T) {
 	t.Parallel()
-	h := newSvcHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
+	h := newProxyHarness(t, svc("web", "10.96.0.20", nil), epSlice("web", corev1.ProtocolTCP, "10.244.2.5@node-2"))
 	h.cfg.Resync = time.Minute
 	h.setNode(publishedNode())
 	be := &blockingBackend{Fake: h.be, release: make(chan struct{}), blocked: make(chan struct{})}
