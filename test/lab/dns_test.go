@@ -128,16 +128,8 @@ func answerAddrs(out string) []string {
 // waits until it is ready.
 func (e *env) createBackend(t *testing.T) {
 	t.Helper()
-	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "backend", Namespace: "default", Labels: map[string]string{"app": "backend"}},
-		Spec: corev1.PodSpec{NodeName: "node-2", TerminationGracePeriodSeconds: new(int64), Containers: []corev1.Container{{
-			Name: "netexec", Image: "registry.k8s.io/e2e-test-images/agnhost:2.53", Args: []string{"netexec", "--http-port=8080"},
-			Ports:          []corev1.ContainerPort{{ContainerPort: 8080}},
-			ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8080)}}},
-		}}}}
-	if _, err := e.client.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	e.waitRunning(t, "backend")
+	e.runServer(t, "backend", "node-2", map[string]string{"app": "backend"})
+	e.waitReady(t, "backend")
 }
 
 // createService makes a Service on port 80 to the pods' 8080; clusterIP
