@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/k8s"
 VERSION=$(go list -m -f '{{.Version}}' k8s.io/kubernetes)
 DIR=${PODNET_K8S_DIR:-/var/cache/podnet/k8s/$VERSION}
-CMDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl)
+CMDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl kubelet)
 need=()
 for c in "${CMDS[@]}"; do [ -x "$DIR/$c" ] || need+=("$c"); done
 if ((${#need[@]})); then

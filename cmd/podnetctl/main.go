@@ -20,7 +20,7 @@ import (
 const usage = `podnetctl — podnet's command line
 
   podnetctl lab up [--workers N] [--far-workers N] [--backend vxlan|host-gw|hybrid]
-                   [--service-proxy podnet|kube-proxy|none]
+                   [--service-proxy podnet|kube-proxy|none] [--runtime containerd|lab-agent]
                                    build a Kubernetes cluster of network namespaces on this machine;
                                    with a service proxy (default podnet's own, in podnetd) it also runs
                                    the cluster DNS: CoreDNS behind the kube-dns Service, 10.96.0.10
@@ -66,6 +66,7 @@ func run(args []string) error {
 	workers := fs.Int("workers", 2, "number of worker nodes")
 	far := fs.Int("far-workers", 0, "put the last N workers on a second underlay segment, 192.168.57.0/24, behind a router (for hybrid)")
 	backend := fs.String("backend", "vxlan", "cross-node backend: vxlan, host-gw or hybrid")
+	runtime := fs.String("runtime", string(lab.DefaultRuntime), "what runs the nodes' pods: containerd (the real kubelet, containerd and runc, images from the lab registry) or lab-agent (podnet's stand-in for them)")
 	proxy := fs.String("service-proxy", string(lab.DefaultServiceProxy), "what implements Services on the nodes: podnet (podnetd's own proxy), kube-proxy (the real one, nftables mode) or none (and then no cluster DNS)")
 	if err := fs.Parse(rest); err != nil {
 		return err
@@ -76,7 +77,11 @@ func run(args []string) error {
 	}
 	switch verb {
 	case "up":
-		return labUp(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir}, *proxy)
+		rt, err := lab.ParseRuntime(*runtime)
+		if err != nil {
+			return err
+		}
+		return labUp(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir, Runtime: rt}, *proxy)
 	case "down":
 		return lab.Down(*dir)
 	case "status":

@@ -84,5 +84,25 @@ func (l *Lab) controlPlane() []component {
 	}
 }
 
+// registryConfigYAML configures the lab registry: plain HTTP on the control
+// plane's address (containerd on every machine is told so), storage in the
+// machine's /var/lib/registry.
+func registryConfigYAML() string {
+	return fmt.Sprintf(`# The lab registry (written by podnetctl lab up).
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+http:
+  addr: %s
+`, RegistryAddr())
+}
+
 // APIServer is the API server's URL.
 func APIServer() string { return fmt.Sprintf("https://%s:6443", ControlPlaneIP) }

@@ -48,6 +48,14 @@ type Options struct {
 	// CoreDNSDir holds the coredns binary hack/coredns.sh builds (empty:
 	// images.CoreDNSDir()).
 	CoreDNSDir string
+	// Runtime runs the nodes' pods (empty: DefaultRuntime).
+	Runtime Runtime
+	// RuntimeDir holds containerd, containerd-shim-runc-v2, ctr, crictl
+	// and the registry (empty: DefaultRuntimeDir()).
+	RuntimeDir string
+	// ImageArchives are OCI image archives whose images the lab registry
+	// serves (with RuntimeContainerd).
+	ImageArchives []string
 	// Out receives progress lines.
 	Out io.Writer
 }
@@ -67,6 +75,10 @@ func New(opts Options) *Lab {
 		opts.Out = io.Discard
 	}
 	opts.ServiceProxy = opts.ServiceProxy.orDefault()
+	opts.Runtime = opts.Runtime.orDefault()
+	if opts.RuntimeDir == "" {
+		opts.RuntimeDir = DefaultRuntimeDir()
+	}
 	if opts.CoreDNSDir == "" {
 		opts.CoreDNSDir = images.CoreDNSDir()
 	}
@@ -130,6 +142,9 @@ func (l *Lab) preflight() error {
 			missing = append(missing, "coredns in "+l.opts.CoreDNSDir+" (make coredns builds it; or --service-proxy none)")
 		}
 	}
+	if l.opts.Runtime == RuntimeContainerd {
+		missing = append(missing, l.runtimeMissing()...)
+	}
 	for _, bin := range []string{"podnet", "podnetd"} {
 		if _, err := os.Stat(filepath.Join(l.opts.PluginDir, bin)); err != nil {
 			missing = append(missing, bin+" in "+l.opts.PluginDir+" (make build)")
@@ -155,7 +170,7 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 			st.Phase, st.Created.Format(time.RFC3339))
 	}
 	start := time.Now()
-	st := State{Created: start.UTC(), Backend: l.opts.Backend, ServiceProxy: string(l.opts.ServiceProxy),
+	st := State{Created: start.UTC(), Backend: l.opts.Backend, ServiceProxy: string(l.opts.ServiceProxy), Runtime: string(l.opts.Runtime),
 		Machines: Machines(l.opts.Workers, l.opts.FarWorkers), K8sDir: l.opts.K8sDir, Phase: "building"}
 	for _, d := range []string{l.dir, l.LogDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -252,6 +267,11 @@ func (l *Lab) startControlPlane(ctx context.Context, start time.Time) (*pki.Bund
 	}
 	for _, c := range cp[2:] {
 		if err := l.start(c); err != nil {
+			return nil, err
+		}
+	}
+	if l.opts.Runtime == RuntimeContainerd {
+		if err := l.startRegistry(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -377,6 +397,11 @@ func Down(dir string) error {
 		if err := g.Remove(5 * time.Second); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// kubelet and runc also put pods in the v1 hierarchies, below the lab's
+	// group there.
+	if err := removeKubeNodeCgroups(); err != nil {
+		errs = append(errs, err)
 	}
 	for _, name := range machineNames(dir) {
 		if err := machine.New(dir, name).Destroy(); err != nil {

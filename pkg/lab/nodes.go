@@ -25,7 +25,8 @@ import (
 var nodePlugins = []string{"portmap", "loopback", "bandwidth", "tuning", "firewall", "host-local", "bridge"}
 
 // startNode installs the CNI plugins on a machine and starts podnetd, the
-// service proxy and the node agent.
+// service proxy and the node software: kubelet and containerd, or the lab
+// agent.
 func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	srcs := []string{filepath.Join(l.opts.PluginDir, "podnet")}
 	for _, p := range nodePlugins {
@@ -62,6 +63,9 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 		if err := l.start(c); err != nil {
 			return err
 		}
+	}
+	if l.opts.Runtime == RuntimeContainerd {
+		return l.startKubeNode(b, ms)
 	}
 	argv := append(append([]string{}, l.opts.NodeAgent...), "--node", ms.Name, "--ip", ms.IP.String(), "--kubeconfig", kc,
 		"--tls-cert", cert, "--tls-key", key, "--client-ca", b.Path(pki.CACert), "--write-cni-config=false")

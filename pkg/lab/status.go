@@ -31,7 +31,7 @@ func PrintStatus(w io.Writer, dir string) error {
 	if proxy == "" {
 		proxy = ServiceProxyNone // a lab from before the option
 	}
-	l := New(Options{Dir: dir, K8sDir: st.K8sDir, ServiceProxy: proxy})
+	l := New(Options{Dir: dir, K8sDir: st.K8sDir, ServiceProxy: proxy, Runtime: Runtime(st.Runtime)})
 	fmt.Fprintf(w, "lab %s since %s, backend %s, service proxy %s, Kubernetes %s\n\n", st.Phase, st.Created.Local().Format(time.RFC3339),
 		st.Backend, proxy, filepath.Base(st.K8sDir))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -101,6 +101,8 @@ func healthURL(component string, ms MachineSpec) (string, bool) {
 		"kube-controller-manager": "https://127.0.0.1:10257/healthz",
 		"kube-scheduler":          "https://127.0.0.1:10259/healthz",
 		"podnetd":                 "http://127.0.0.1:9965/healthz",
+		"kubelet":                 "http://127.0.0.1:10248/healthz",
+		"registry":                fmt.Sprintf("http://%s/v2/", RegistryAddr()),
 		"kube-proxy":              fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(ms.IP, kubeProxyHealthPort)),
 	}[component]
 	return u, ok
@@ -122,6 +124,9 @@ func componentsOn(l *Lab, ms MachineSpec) []string {
 	}
 	if l.opts.ServiceProxy == ServiceProxyKubeProxy {
 		out = append(out, "kube-proxy")
+	}
+	if l.opts.Runtime == RuntimeContainerd {
+		return append(out, "podnetd", "containerd", "kubelet")
 	}
 	return append(out, "podnetd", "node-agent")
 }

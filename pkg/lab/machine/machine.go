@@ -2,12 +2,13 @@
 // a named network namespace (visible to `ip netns list` on the host) plus a
 // persistent mount namespace and UTS namespace of its own, in which
 //
-//   - /etc, /opt and /var/lib are overlays on the host's, private to the
+//   - /etc, /opt, /var/lib and /var/log are overlays on the host's, private to the
 //     machine (so /etc/cni/net.d, /opt/cni/bin and /var/lib/cni are the
 //     machine's own and the host's stay untouched),
-//   - /run/netns is a tmpfs of its own (so `ip netns list` on a node shows
-//     that node's pods only, as on a real node),
-//   - /sys shows the machine's own interfaces (brctl reads it),
+//   - /run is a tmpfs of its own (so `ip netns list` on a node shows that
+//     node's pods only, and containerd's socket and state are the node's),
+//   - /sys shows the machine's own interfaces (brctl reads it), with the
+//     host's cgroup hierarchies (v1 and v2) at the host's paths,
 //   - the hostname is the machine's name.
 //
 // Commands run "on" a machine through nsenter into all three namespaces.
@@ -18,6 +19,7 @@ package machine
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -25,8 +27,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-
-	"github.com/podnet/podnet/pkg/lab/cgroup"
 )
 
 // Machine is one lab machine.
@@ -36,12 +36,24 @@ type Machine struct {
 	Dir string
 	// NSDir holds the persisted namespace files (a private bind mount).
 	NSDir string
+	// stateDir is the lab's state directory, which the machine sees too.
+	stateDir string
 }
 
 // New describes the machine name of a lab whose state lives in stateDir;
 // it creates nothing.
 func New(stateDir, name string) *Machine {
-	return &Machine{Name: name, Dir: filepath.Join(stateDir, "machines", name), NSDir: filepath.Join(stateDir, "ns")}
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		abs = stateDir
+	}
+	return &Machine{Name: name, Dir: filepath.Join(stateDir, "machines", name), NSDir: filepath.Join(stateDir, "ns"), stateDir: abs}
+}
+
+// under reports whether path is dir or below it.
+func under(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 // NetNSPath is the host path of the machine's network namespace.
@@ -51,7 +63,7 @@ func (m *Machine) mntFile() string { return filepath.Join(m.NSDir, m.Name+".mnt"
 func (m *Machine) utsFile() string { return filepath.Join(m.NSDir, m.Name+".uts") }
 
 // overlays are the directories a machine gets its own writable copy of.
-var overlays = []string{"/etc", "/opt", "/var/lib"}
+var overlays = []string{"/etc", "/opt", "/var/lib", "/var/log"}
 
 // OwnDirs are the directories a machine has its own writable copy of
 // (overlays on the host's): what is written there stays on the machine.
@@ -99,18 +111,29 @@ func (m *Machine) Create() (err error) {
 	if err := run("unshare", "--mount="+m.mntFile(), "--uts="+m.utsFile(), "--propagation", "private", "true"); err != nil {
 		return err
 	}
-	script := []string{"set -e", "mount -t sysfs sysfs /sys", "mount -t tmpfs -o mode=0755 tmpfs /run/netns",
-		"hostname " + m.Name}
-	// A fresh sysfs hides the host's cgroup mounts; the machine gets the
-	// cgroup v2 hierarchy back at the host's path, so cgroup paths mean the
-	// same on the machine and on the host.
-	if cg, err := cgroup.Mount(); err == nil {
-		if cg == "/sys/fs/cgroup" {
-			script = append(script, "mount -t cgroup2 cgroup2 /sys/fs/cgroup")
-		} else {
-			script = append(script, "mount -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup", "mkdir -p "+cg, "mount -t cgroup2 cgroup2 "+cg)
-		}
+	// A fresh sysfs (mounted from inside the machine's network namespace,
+	// so /sys/class/net lists the machine's interfaces) would hide the
+	// host's cgroup mounts: the whole cgroup tree, v1 hierarchies and v2
+	// alike, is carried over onto it, so cgroup paths mean the same on the
+	// machine and on the host (kubelet and runc need the v1 hierarchies of
+	// a hybrid host). /run is a tmpfs of the machine's own (containerd's
+	// socket and state, runc's, /run/netns with the pod sandboxes), with the
+	// lab's state directory bound back when it lies below /run.
+	script := []string{"set -e",
+		"keep=$(mktemp -d /tmp/podnet-lab-mnt.XXXXXX)", `mkdir "$keep/cg" "$keep/state"`,
+		`mount --rbind /sys/fs/cgroup "$keep/cg"`,
+		"mount -t sysfs sysfs /sys",
+		`mount --move "$keep/cg" /sys/fs/cgroup`}
+	if under(m.stateDir, "/run") || under(m.stateDir, "/var/run") {
+		sd := m.stateDir
+		script = append(script, fmt.Sprintf(`mount --rbind %q "$keep/state"`, sd),
+			"mount -t tmpfs -o mode=0755 tmpfs /run",
+			fmt.Sprintf("mkdir -p %q", sd), fmt.Sprintf(`mount --move "$keep/state" %q`, sd))
+	} else {
+		script = append(script, "mount -t tmpfs -o mode=0755 tmpfs /run")
 	}
+	script = append(script, `rmdir "$keep/cg" "$keep/state" "$keep"`, "mkdir -p /run/netns /run/lock",
+		"hostname "+m.Name)
 	for _, d := range overlays {
 		up, work := filepath.Join(m.Dir, "overlay", d, "upper"), filepath.Join(m.Dir, "overlay", d, "work")
 		for _, p := range []string{up, work} {
@@ -200,4 +223,17 @@ func mounted(path string) bool {
 		}
 	}
 	return false
+}
+
+// WriteFile writes a file on the machine (through its own view of the
+// filesystem, so /etc, /opt and /var/lib land in its overlays), making the
+// parent directories.
+func (m *Machine) WriteFile(path string, data []byte, mode fs.FileMode) error {
+	cmd := m.Command("/bin/sh", "-c", `mkdir -p "$(dirname "$1")" && cat > "$1.tmp" && chmod "$2" "$1.tmp" && mv -f "$1.tmp" "$1"`,
+		"-", path, fmt.Sprintf("%o", mode.Perm()))
+	cmd.Stdin = bytes.NewReader(data)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("write %s on %s: %w: %s", path, m.Name, err, bytes.TrimSpace(out))
+	}
+	return nil
 }
