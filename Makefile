@@ -9,7 +9,7 @@ export PATH := $(PATH):/usr/sbin:/sbin
 
 BINARIES := podnet podnetctl podnetd
 
-.PHONY: all build deps ref-plugins k8s coredns lint test unit bench demo demo-plugin lab-up lab-down clean
+.PHONY: all build deps ref-plugins k8s coredns runtime lint test unit bench demo demo-plugin lab-up lab-down clean
 
 all: build
 
@@ -33,6 +33,12 @@ k8s:
 coredns:
 	@bash hack/coredns.sh >/dev/null
 
+# The lab nodes' container runtime: containerd (its runc shim, ctr), crictl
+# and the image registry, built once per machine from their Go modules
+# (hack/runtime/go.mod) and cached by version; runc is Debian's.
+runtime:
+	@bash hack/runtime.sh >/dev/null
+
 
 # gofmt, go vet and staticcheck; any finding fails.
 lint: deps
@@ -44,7 +50,7 @@ lint: deps
 # Every test: unit tests, and (as root) kernel tests in throwaway network
 # namespaces. Packages run one at a time so kernel tests do not compete for
 # the two cores with each other's concurrency tests.
-test: deps ref-plugins k8s coredns build lint
+test: deps ref-plugins k8s coredns runtime build lint
 	$(GO) test -count=1 -p 1 -timeout 20m ./...
 	@left=$$(ip netns list 2>/dev/null | grep -c '^pntest-' || true); \
 	  if [ "$$left" != 0 ]; then echo "tests left $$left network namespaces behind"; ip netns list; exit 1; fi
@@ -54,7 +60,7 @@ unit:
 	$(GO) test -count=1 -short ./...
 
 # A lab of network namespaces with the real control plane (see README).
-lab-up: deps ref-plugins k8s coredns build
+lab-up: deps ref-plugins k8s coredns runtime build
 	bin/podnetctl lab up
 
 lab-down:
@@ -65,7 +71,7 @@ bench: deps ref-plugins k8s build
 	$(GO) run ./bench/net
 	$(GO) run ./bench/services
 
-demo: deps ref-plugins k8s coredns build
+demo: deps ref-plugins k8s coredns runtime build
 	@bash hack/demo.sh
 
 # The CNI plugin alone: two pods on one bridge, seed 004's views.

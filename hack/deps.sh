@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PKGS=(iproute2 iputils-ping nftables iptables bridge-utils tcpdump traceroute conntrack iperf3 ethtool kmod
-      curl wget netcat-openbsd bind9-dnsutils util-linux)
+      curl wget netcat-openbsd bind9-dnsutils util-linux runc busybox-static)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
