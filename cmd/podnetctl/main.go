@@ -28,6 +28,8 @@ const usage = `podnetctl — podnet's command line
   podnetctl lab status             machines, components, nodes and where the logs are
   podnetctl lab kubeconfig         print the path of the admin kubeconfig (for any kubectl)
   podnetctl lab kubectl -- ARGS    kubectl of the control plane's version, with that kubeconfig
+  podnetctl lab load-image FILE... push the images of OCI image archives (docker save, ctr export) into
+                                   the lab registry, from which every node pulls them (like kind load)
   podnetctl lab node NAME [-- CMD] run CMD (default: a shell) on a machine: its network, filesystem
                                    view (/etc/cni/net.d, /opt/cni/bin, ip netns list) and hostname
 
@@ -100,6 +102,25 @@ func run(args []string) error {
 			return orNoLab(err)
 		}
 		return execInto(filepath.Join(st.K8sDir, "kubectl"), append([]string{"kubectl", "--kubeconfig", l.AdminKubeconfig()}, rest...), os.Environ())
+	case "load-image":
+		if len(rest) == 0 {
+			return errors.New("usage: podnetctl lab load-image ARCHIVE.tar ... (OCI image archives, as `docker save` or `ctr images export` write them)")
+		}
+		st, ok, err := lab.LoadState(*dir)
+		if err != nil || !ok {
+			return orNoLab(err)
+		}
+		if lab.Runtime(st.Runtime) != lab.RuntimeContainerd {
+			return errors.New("this lab runs podnet's stand-in node agent, which has no image store: `podnetctl lab up --runtime containerd` for real images")
+		}
+		for _, a := range rest {
+			n, err := lab.LoadImages(context.Background(), a)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s: %d images in the lab registry %s\n", a, n, lab.RegistryAddr())
+		}
+		return nil
 	case "node":
 		if len(rest) == 0 {
 			return errors.New("usage: podnetctl lab node NAME [-- CMD ...]")

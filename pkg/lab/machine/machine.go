@@ -122,6 +122,9 @@ func (m *Machine) Create() (err error) {
 	script := []string{"set -e",
 		"keep=$(mktemp -d /tmp/podnet-lab-mnt.XXXXXX)", `mkdir "$keep/cg" "$keep/state"`,
 		`mount --rbind /sys/fs/cgroup "$keep/cg"`,
+		// The host's sysfs goes, with its submounts: a mount hidden below
+		// the new one would still be listed twice in mountinfo.
+		"umount -l /sys",
 		"mount -t sysfs sysfs /sys",
 		`mount --move "$keep/cg" /sys/fs/cgroup`}
 	if under(m.stateDir, "/run") || under(m.stateDir, "/var/run") {
