@@ -33,6 +33,11 @@ k8s:
 coredns:
 	@bash hack/coredns.sh >/dev/null
 
+# The Helm CLI that renders charts/podnet (the deploy tests compare it with
+# deploy/*.yaml), built once per machine from its Go module (hack/helm/go.mod).
+helm:
+	@bash hack/helm.sh >/dev/null
+
 # The lab nodes' container runtime: containerd (its runc shim, ctr), crictl
 # and the image registry, built once per machine from their Go modules
 # (hack/runtime/go.mod) and cached by version; runc is Debian's.
@@ -50,7 +55,7 @@ lint: deps
 # Every test: unit tests, and (as root) kernel tests in throwaway network
 # namespaces. Packages run one at a time so kernel tests do not compete for
 # the two cores with each other's concurrency tests.
-test: deps ref-plugins k8s coredns runtime build lint
+test: deps ref-plugins k8s coredns runtime helm build lint
 	$(GO) test -count=1 -p 1 -timeout 20m ./...
 	@left=$$(ip netns list 2>/dev/null | grep -c '^pntest-' || true); \
 	  if [ "$$left" != 0 ]; then echo "tests left $$left network namespaces behind"; ip netns list; exit 1; fi
