@@ -263,6 +263,17 @@ func (b *builder) libraries(ctx context.Context, v view, closure []string, used 
 				continue
 			}
 			p, err := b.provider(ctx, n, closure)
+			if errors.Is(err, errNoProvider) && n.plugin {
+				// A module of a package (iproute2's tc/q_atm.so needs libatm1,
+				// which iproute2 only recommends): the image goes without it.
+				if _, _, inTop := (view{v[0]}).lstat(n.by); inTop {
+					b.log.Info("leaving out a module whose library no dependency has", "module", n.by, "needs", n.name)
+					if err := v[0].root.Remove(rel(n.by)); err != nil {
+						return err
+					}
+					continue
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -282,7 +293,18 @@ func (b *builder) libraries(ctx context.Context, v view, closure []string, used 
 // provider is the first package of the closure, in rank order, that has a
 // file satisfying n.
 func (b *builder) provider(ctx context.Context, n need, closure []string) (string, error) {
-	for _, name := range b.rank(n, closure) {
+	ranked := b.rank(n, closure)
+	for i, name := range ranked {
+		if _, listed := b.files[name]; !listed && i > 0 {
+			// The likeliest did not have it: download the rest at once.
+			var rest []Package
+			for _, r := range ranked[i:] {
+				rest = append(rest, b.pkgs[r])
+			}
+			if err := b.repo.Fetch(ctx, rest); err != nil {
+				return "", err
+			}
+		}
 		files, err := b.packageFiles(ctx, name)
 		if err != nil {
 			return "", err
@@ -293,14 +315,16 @@ func (b *builder) provider(ctx context.Context, n need, closure []string) (strin
 			}
 		}
 	}
-	return "", fmt.Errorf("%s needs %s: %w (searched %d packages it depends on)", n.by, n.name, errNoProvider, len(closure))
+	return "", fmt.Errorf("%s needs %s: %w (searched the %d library packages of %d it depends on)", n.by, n.name, errNoProvider, len(ranked), len(closure))
 }
 
-// rank orders the closure by how likely a package provides n, so that
-// usually the first package looked into has it: the package the host's dpkg
-// says has a file of that name, then Debian's library naming (libfoo.so.1
-// is in libfoo1 or libfoo-1), then packages named like the library, then
-// other libraries, then the rest. The order only saves downloads; which
+// rank orders the packages of the closure that may provide n by how
+// likely they do, so that usually the first package looked into has it:
+// the package the host's dpkg says has a file of that name, then Debian's
+// library naming (libfoo.so.1 is in libfoo1 or libfoo-1), then packages
+// named like the library, then other library packages (a name with "lib").
+// Packages of programs (dpkg, tar, debconf) ship no libraries others link
+// against and are not searched. The order only saves downloads; which
 // package provides the file is checked on the package itself.
 func (b *builder) rank(n need, closure []string) []string {
 	base := path.Base(n.name)
@@ -322,12 +346,17 @@ func (b *builder) rank(n need, closure []string) []string {
 			return 1
 		case strings.HasPrefix(p, stem):
 			return 2
-		case strings.HasPrefix(p, "lib") || strings.HasSuffix(p, "-libs") || strings.Contains(p, "lib"):
+		case strings.Contains(p, "lib"):
 			return 3
 		}
 		return 4
 	}
-	out := append([]string{}, closure...)
+	var out []string
+	for _, p := range closure {
+		if score(p) < 4 {
+			out = append(out, p)
+		}
+	}
 	sort.SliceStable(out, func(i, j int) bool { return score(out[i]) < score(out[j]) })
 	return out
 }

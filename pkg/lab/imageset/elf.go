@@ -74,6 +74,9 @@ type need struct {
 	name string   // "libssl.so.3", or "/lib64/ld-linux-x86-64.so.2"
 	dirs []string // where the dynamic linker looks, for a library
 	by   string   // the object that needs it
+	// plugin: the object is a shared object without an interpreter, not a
+	// program (possibly a module some program may dlopen).
+	plugin bool
 }
 
 // candidates are the image paths that would satisfy the need.
@@ -191,7 +194,7 @@ func (v view) missing(cache elfCache) ([]need, error) {
 			}
 			dirs := append(append([]string{}, info.dirs...), defaultLibDirs...)
 			for _, lib := range info.needed {
-				needs = append(needs, need{name: lib, dirs: dirs, by: "/" + img})
+				needs = append(needs, need{name: lib, dirs: dirs, by: "/" + img, plugin: info.interp == ""})
 			}
 			for _, n := range needs {
 				if v.has(n) {
