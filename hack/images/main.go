@@ -42,9 +42,13 @@ func run() error {
 	var o imageset.Options
 	flag.StringVar(&o.CacheDir, "cache", imageset.DefaultCacheDir, "image cache `dir`")
 	only := flag.String("only", "", "comma-separated `recipes` to build (default all: "+recipeNames()+")")
-	flag.StringVar(&o.PauseSource, "pause-source", filepath.Join(k8sModule, "build/pause/linux/pause.c"), "pause.c")
+	// hack/k8s.sh leaves copies of pause.c and agnhost's porter certificate
+	// beside agnhost; the module cache has the originals.
+	flag.StringVar(&o.PauseSource, "pause-source", firstExisting(filepath.Join(k8sDir, "pause.c"),
+		filepath.Join(k8sModule, "build/pause/linux/pause.c")), "pause.c")
 	flag.StringVar(&o.Agnhost, "agnhost", filepath.Join(k8sDir, "agnhost"), "agnhost binary (hack/k8s.sh)")
-	flag.StringVar(&o.AgnhostCerts, "agnhost-certs", filepath.Join(k8sModule, "test/images/agnhost/porter"), "`dir` with agnhost's localhost.crt and localhost.key")
+	flag.StringVar(&o.AgnhostCerts, "agnhost-certs", firstExisting(filepath.Join(k8sDir, "agnhost-porter"),
+		filepath.Join(k8sModule, "test/images/agnhost/porter")), "`dir` with agnhost's localhost.crt and localhost.key")
 	flag.StringVar(&o.CoreDNS, "coredns", filepath.Join(corednsDir, "coredns"), "coredns binary (hack/coredns.sh)")
 	flag.StringVar(&o.PodnetBin, "podnet-bin", "bin", "`dir` with podnet, podnetd and podnetctl (make build)")
 	flag.StringVar(&o.PodnetVersion, "version", "dev", "tag of docker.io/podnet/podnet")
@@ -125,6 +129,16 @@ func modCache() string {
 	}
 	home, _ := os.UserHomeDir()
 	return filepath.Join(home, "go", "pkg", "mod")
+}
+
+// firstExisting is the first path that exists, or the last one.
+func firstExisting(paths ...string) string {
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return paths[len(paths)-1]
 }
 
 func envOr(name, def string) string {
