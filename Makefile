@@ -61,7 +61,7 @@ test: deps ref-plugins k8s coredns runtime helm build lint
 	  if [ "$$left" != 0 ]; then echo "tests left $$left network namespaces behind"; ip netns list; exit 1; fi
 
 # Unit tests only (no root needed).
-unit:
+unit: helm
 	$(GO) test -count=1 -short ./...
 
 # A lab of network namespaces with the real control plane (see README).
