@@ -45,9 +45,10 @@ import (
 // DefaultCacheDir is where images are cached, once per machine.
 const DefaultCacheDir = "/var/cache/podnet/images"
 
-// builderVersion changes whenever the way images are assembled changes, so
-// that images made the old way are not reused.
-const builderVersion = "1"
+// builderVersion changes whenever the way images are assembled (here or in
+// package oci) changes, so that images made the old way are not reused.
+// 2: hardlinks carry their file's mode (containerd applies it).
+const builderVersion = "2"
 
 // Options says which images to build from what.
 type Options struct {

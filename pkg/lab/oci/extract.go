@@ -134,7 +134,11 @@ func applyEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header) error {
 		if err != nil {
 			return err
 		}
-		return root.Link(target, name)
+		if err := root.Link(target, name); err != nil {
+			return err
+		}
+		// Then, as containerd does, the link's mode and owner are applied
+		// to the file it shares.
 	default:
 		return fmt.Errorf("%s: unsupported tar entry type %q", name, hdr.Typeflag)
 	}

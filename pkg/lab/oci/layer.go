@@ -115,9 +115,16 @@ func WriteTar(w io.Writer, entries []Entry) error {
 	sort.Strings(paths)
 
 	tw := tar.NewWriter(w)
+	// A hardlink's header carries its file's mode and owner, as GNU tar
+	// writes them: containerd applies a link's mode to the shared inode.
+	files := map[string]*tar.Header{}
 	for _, p := range paths {
-		if err := writeEntry(tw, p, byPath[p]); err != nil {
+		hdr, err := writeEntry(tw, p, byPath[p], files)
+		if err != nil {
 			return err
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			files[p] = hdr
 		}
 	}
 	if err := tw.Close(); err != nil {
@@ -228,7 +235,7 @@ func unixMode(m fs.FileMode) int64 {
 	return u
 }
 
-func writeEntry(tw *tar.Writer, p string, e Entry) error {
+func writeEntry(tw *tar.Writer, p string, e Entry, files map[string]*tar.Header) (*tar.Header, error) {
 	hdr := &tar.Header{
 		Name:    p,
 		Mode:    unixMode(e.Mode),
@@ -246,9 +253,13 @@ func writeEntry(tw *tar.Writer, p string, e Entry) error {
 		hdr.Linkname = e.Target
 		hdr.Mode = 0o777
 	case TypeHardlink:
+		f, ok := files[e.Target]
+		if !ok {
+			return nil, fmt.Errorf("hardlink %s: %s not written before it", p, e.Target)
+		}
 		hdr.Typeflag = tar.TypeLink
 		hdr.Linkname = e.Target
-		hdr.Mode = 0
+		hdr.Mode, hdr.Uid, hdr.Gid = f.Mode, f.Uid, f.Gid
 	case TypeFile:
 		hdr.Typeflag = tar.TypeReg
 		if e.Source == "" {
@@ -258,15 +269,15 @@ func writeEntry(tw *tar.Writer, p string, e Entry) error {
 		}
 		f, err := os.Open(e.Source)
 		if err != nil {
-			return fmt.Errorf("layer file %s: %w", p, err)
+			return nil, fmt.Errorf("layer file %s: %w", p, err)
 		}
 		defer f.Close()
 		st, err := f.Stat()
 		if err != nil {
-			return fmt.Errorf("layer file %s: %w", p, err)
+			return nil, fmt.Errorf("layer file %s: %w", p, err)
 		}
 		if !st.Mode().IsRegular() {
-			return fmt.Errorf("layer file %s: source %s is not a regular file", p, e.Source)
+			return nil, fmt.Errorf("layer file %s: source %s is not a regular file", p, e.Source)
 		}
 		if e.Mode == 0 {
 			hdr.Mode = unixMode(st.Mode())
@@ -274,18 +285,18 @@ func writeEntry(tw *tar.Writer, p string, e Entry) error {
 		hdr.Size = st.Size()
 		src = f
 	default:
-		return fmt.Errorf("layer entry %s: unknown type %v", p, e.Type)
+		return nil, fmt.Errorf("layer entry %s: unknown type %v", p, e.Type)
 	}
 	if err := tw.WriteHeader(hdr); err != nil {
-		return fmt.Errorf("write tar header %s: %w", p, err)
+		return nil, fmt.Errorf("write tar header %s: %w", p, err)
 	}
 	if src == nil {
-		return nil
+		return hdr, nil
 	}
 	if n, err := io.CopyN(tw, src, hdr.Size); err != nil {
-		return fmt.Errorf("write %s (%d of %d bytes): %w", p, n, hdr.Size, err)
+		return nil, fmt.Errorf("write %s (%d of %d bytes): %w", p, n, hdr.Size, err)
 	}
-	return nil
+	return hdr, nil
 }
 
 // Tree lists the directory root of the host as entries under prefix in the
