@@ -5,5 +5,6 @@
 // DaemonSet that runs `podnetd cleanup` on every node after removal). Its
 // tests check that the files are the chart's rendering, that values land
 // where they should, and that the objects are what docs/deploy.md says.
-// There is no Go code to import.
+// Manifest and CleanupManifest are the two files, for programs that install
+// podnet (the lab does).
 package deploy

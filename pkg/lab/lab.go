@@ -56,6 +56,9 @@ type Options struct {
 	// ImageArchives are OCI image archives whose images the lab registry
 	// serves (with RuntimeContainerd).
 	ImageArchives []string
+	// ImageCacheDir is where the lab's images are built once per machine
+	// (empty: imageset.DefaultCacheDir).
+	ImageCacheDir string
 	// Out receives progress lines.
 	Out io.Writer
 }
@@ -193,6 +196,11 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 			}
 		}
 	}()
+	if l.opts.Runtime == RuntimeContainerd {
+		if err := l.buildImages(ctx); err != nil {
+			return err
+		}
+	}
 	if err := l.buildNetwork(st.Machines); err != nil {
 		return err
 	}
@@ -205,6 +213,11 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 	}
 	for _, ms := range st.Machines {
 		if err := l.startNode(bundle, ms); err != nil {
+			return err
+		}
+	}
+	if l.opts.Runtime == RuntimeContainerd {
+		if err := l.installPodnet(ctx, st.Machines); err != nil {
 			return err
 		}
 	}

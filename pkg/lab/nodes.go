@@ -28,7 +28,12 @@ var nodePlugins = []string{"portmap", "loopback", "bandwidth", "tuning", "firewa
 // service proxy and the node software: kubelet and containerd, or the lab
 // agent.
 func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
-	srcs := []string{filepath.Join(l.opts.PluginDir, "podnet")}
+	// With the real node software podnet comes as users install it: its
+	// DaemonSet's init container puts the plugin in place (installPodnet).
+	var srcs []string
+	if l.opts.Runtime != RuntimeContainerd {
+		srcs = append(srcs, filepath.Join(l.opts.PluginDir, "podnet"))
+	}
 	for _, p := range nodePlugins {
 		srcs = append(srcs, filepath.Join(l.opts.RefPluginDir, p))
 	}
@@ -46,6 +51,12 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	if err != nil {
 		return err
 	}
+	if l.opts.Runtime == RuntimeContainerd {
+		if err := l.startServiceProxy(b, ms); err != nil {
+			return err
+		}
+		return l.startKubeNode(b, ms)
+	}
 	// podnetd writes the node's CNI config and programs the routes to the
 	// other nodes; the agent waits for that config, as kubelet does.
 	pkc, err := b.PodnetdKubeconfig(ms.Name)
@@ -55,17 +66,8 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	if err := l.start(component{Machine: ms.Name, Name: "podnetd", Argv: l.podnetdArgv(pkc, ms)}); err != nil {
 		return err
 	}
-	proxies, err := l.serviceProxyComponents(b, ms)
-	if err != nil {
+	if err := l.startServiceProxy(b, ms); err != nil {
 		return err
-	}
-	for _, c := range proxies {
-		if err := l.start(c); err != nil {
-			return err
-		}
-	}
-	if l.opts.Runtime == RuntimeContainerd {
-		return l.startKubeNode(b, ms)
 	}
 	argv := append(append([]string{}, l.opts.NodeAgent...), "--node", ms.Name, "--ip", ms.IP.String(), "--kubeconfig", kc,
 		"--tls-cert", cert, "--tls-key", key, "--client-ca", b.Path(pki.CACert), "--write-cni-config=false")
@@ -75,6 +77,20 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	// The agent runs CoreDNS images with the binary of CoreDNSDir.
 	return l.start(component{Machine: ms.Name, Name: "node-agent", Argv: argv,
 		Env: []string{images.CoreDNSDirEnv + "=" + l.opts.CoreDNSDir}})
+}
+
+// startServiceProxy starts kube-proxy on the machine when the lab runs it.
+func (l *Lab) startServiceProxy(b *pki.Bundle, ms MachineSpec) error {
+	proxies, err := l.serviceProxyComponents(b, ms)
+	if err != nil {
+		return err
+	}
+	for _, c := range proxies {
+		if err := l.start(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Client is a Kubernetes client with the lab's admin credentials.

@@ -121,12 +121,15 @@ func componentsOn(l *Lab, ms MachineSpec) []string {
 		for _, c := range l.controlPlane() {
 			out = append(out, c.Name)
 		}
+		if l.opts.Runtime == RuntimeContainerd {
+			out = append(out, "registry")
+		}
 	}
 	if l.opts.ServiceProxy == ServiceProxyKubeProxy {
 		out = append(out, "kube-proxy")
 	}
-	if l.opts.Runtime == RuntimeContainerd {
-		return append(out, "podnetd", "containerd", "kubelet")
+	if l.opts.Runtime == RuntimeContainerd { // podnetd is a pod of the DaemonSet podnet
+		return append(out, "containerd", "kubelet")
 	}
 	return append(out, "podnetd", "node-agent")
 }
