@@ -9,7 +9,7 @@ export PATH := $(PATH):/usr/sbin:/sbin
 
 BINARIES := podnet podnetctl podnetd
 
-.PHONY: all build deps ref-plugins k8s coredns runtime lint test unit bench demo demo-plugin lab-up lab-down clean
+.PHONY: all build deps ref-plugins k8s coredns runtime helm e2e-bin e2e lint test unit bench demo demo-plugin lab-up lab-down clean
 
 all: build
 
@@ -35,6 +35,12 @@ coredns:
 
 # The Helm CLI that renders charts/podnet (the deploy tests compare it with
 # deploy/*.yaml), built once per machine from its Go module (hack/helm/go.mod).
+# The upstream e2e.test binary and agnhost (with the other inputs of the
+# lab's images: pause.c, agnhost's porter certificate) from the same
+# k8s.io/kubernetes module, built once per machine.
+e2e-bin:
+	@bash hack/e2e-build.sh >/dev/null
+
 helm:
 	@bash hack/helm.sh >/dev/null
 
@@ -55,7 +61,7 @@ lint: deps
 # Every test: unit tests, and (as root) kernel tests in throwaway network
 # namespaces. Packages run one at a time so kernel tests do not compete for
 # the two cores with each other's concurrency tests.
-test: deps ref-plugins k8s coredns runtime helm build lint
+test: deps ref-plugins k8s coredns runtime helm e2e-bin build lint
 	$(GO) test -count=1 -p 1 -timeout 20m ./...
 	@left=$$(ip netns list 2>/dev/null | grep -c '^pntest-' || true); \
 	  if [ "$$left" != 0 ]; then echo "tests left $$left network namespaces behind"; ip netns list; exit 1; fi
@@ -65,7 +71,7 @@ unit: helm
 	$(GO) test -count=1 -short ./...
 
 # A lab of network namespaces with the real control plane (see README).
-lab-up: deps ref-plugins k8s coredns runtime build
+lab-up: deps ref-plugins k8s coredns runtime e2e-bin build
 	bin/podnetctl lab up
 
 lab-down:
@@ -76,7 +82,13 @@ bench: deps ref-plugins k8s build
 	$(GO) run ./bench/net
 	$(GO) run ./bench/services
 
-demo: deps ref-plugins k8s coredns runtime build
+# The upstream judges against a lab on the real node software: sig-network
+# Conformance by default (E2E_FOCUS, E2E_SKIP override; see hack/e2e.sh and
+# docs/lab.md). Prints the passed/failed counts and the wall time.
+e2e: deps ref-plugins k8s coredns runtime e2e-bin build
+	@bash hack/e2e.sh
+
+demo: deps ref-plugins k8s coredns runtime e2e-bin build
 	@bash hack/demo.sh
 
 # The CNI plugin alone: two pods on one bridge, seed 004's views.
