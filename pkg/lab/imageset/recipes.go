@@ -124,9 +124,12 @@ func recipes(podnetVersion string) []recipe {
 			Config: oci.Config{User: "65535:65535", Entrypoint: []string{"/pause"}},
 		},
 		{
-			Name:   "busybox",
-			Names:  append(tags("registry.k8s.io/e2e-test-images/busybox", "1.37.0-1"), tags("docker.io/library/busybox", "latest", "1.36", "stable")...),
-			Layers: []layer{{Busybox: "busybox-static", Files: rootFiles}},
+			Name:  "busybox",
+			Names: append(tags("registry.k8s.io/e2e-test-images/busybox", "1.37.0-1"), tags("docker.io/library/busybox", "latest", "1.36", "stable")...),
+			// Debian's busybox (1.35) crashes (SIGSEGV) in `wget -T N`,
+			// which the e2e framework and the lab's tests type: GNU wget,
+			// which takes the same flags, stands in for that applet.
+			Layers: []layer{userland, {Packages: []pkg{{Name: "wget"}}, Files: glibc}},
 			Config: oci.Config{Env: []string{defaultPath}, Cmd: []string{"sh"}},
 		},
 		agnhostRecipe(),
@@ -165,7 +168,7 @@ func agnhostRecipe() recipe {
 			userland,
 			{
 				Packages: []pkg{
-					{Name: "bash"}, {Name: "bind9-dnsutils"}, {Name: "curl"}, {Name: "netcat-openbsd"},
+					{Name: "bash"}, {Name: "bind9-dnsutils"}, {Name: "curl"}, {Name: "netcat-openbsd"}, {Name: "wget"},
 					{Name: "iproute2"}, {Name: "iperf"}, {Name: "netbase"},
 					{Name: "util-linux", Only: []string{"usr/bin/ipcs"}},
 				},
