@@ -85,7 +85,7 @@ func cleanPath(p string) (string, error) {
 	for _, c := range strings.Split(p, "/") {
 		if c == ".." {
 			// "a/../b" would silently be another file; say so instead.
-			return "", fmt.Errorf("invalid path %q: contains ..", p)
+			return "", fmt.Errorf("invalid path %q: a component is \"..\"", p)
 		}
 	}
 	c := path.Clean("/" + p)
