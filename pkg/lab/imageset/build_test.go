@@ -146,7 +146,15 @@ func TestBuildReusesTheCache(t *testing.T) {
 	repo := fakeArchive(t)
 	o := Options{CacheDir: t.TempDir(), Repo: repo}.withDefaults()
 	ctx := context.Background()
+	// What a build killed midway left goes at the next build.
+	stale := filepath.Join(o.CacheDir, ".build-123")
+	if err := os.MkdirAll(filepath.Join(stale, "hello-1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	first, err := buildSet(ctx, o, []recipe{helloRecipe})
+	if _, serr := os.Stat(stale); serr == nil {
+		t.Error("a stale build directory stayed")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

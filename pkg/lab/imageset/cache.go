@@ -159,3 +159,14 @@ func lockDir(dir string) (func(), error) {
 		f.Close()
 	}, nil
 }
+
+// removeStale removes what a build killed midway left: scratch directories
+// and unfinished downloads. Only called under the lock, when no build runs.
+func removeStale(cacheDir string, log *slog.Logger) {
+	stale, _ := filepath.Glob(filepath.Join(cacheDir, ".build-*"))
+	downloads, _ := filepath.Glob(filepath.Join(cacheDir, "debs", ".download-*"))
+	for _, d := range append(stale, downloads...) {
+		log.Info("removing what an interrupted build left", "dir", d)
+		_ = os.RemoveAll(d)
+	}
+}

@@ -141,6 +141,7 @@ func buildSet(ctx context.Context, o Options, selected []recipe) ([]Image, error
 		return nil, err
 	}
 	defer unlock()
+	removeStale(o.CacheDir, o.Log)
 	tmp, err := os.MkdirTemp(o.CacheDir, ".build-")
 	if err != nil {
 		return nil, fmt.Errorf("build images: %w", err)
