@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/podnet/podnet/pkg/lab"
@@ -32,6 +33,8 @@ const usage = `podnetctl — podnet's command line
                                    the lab registry, from which every node pulls them (like kind load)
   podnetctl lab node NAME [-- CMD] run CMD (default: a shell) on a machine: its network, filesystem
                                    view (/etc/cni/net.d, /opt/cni/bin, ip netns list) and hostname
+  podnetctl lab node-rebuild NAME  tear a worker machine down (processes, pods, namespaces, disk) and
+                                   build it again: its Node is deleted and registers anew, Ready
 
 The lab keeps its state in ` + lab.DefaultStateDir + ` (override: --dir or PODNET_LAB_DIR).
 `
@@ -134,6 +137,11 @@ func run(args []string) error {
 			cmdArgs = cmdArgs[1:]
 		}
 		return onNode(*dir, st, rest[0], cmdArgs)
+	case "node-rebuild":
+		if len(rest) != 1 {
+			return errors.New("usage: podnetctl lab node-rebuild NAME")
+		}
+		return nodeRebuild(*dir, rest[0])
 	}
 	fmt.Fprint(os.Stderr, usage)
 	return fmt.Errorf("unknown lab command %q", verb)
@@ -171,6 +179,26 @@ func labUp(opts lab.Options, proxy string) error {
 	}
 	fmt.Printf("  export KUBECONFIG=%s\n", l.AdminKubeconfig())
 	return nil
+}
+
+// nodeRebuild rebuilds a machine of the lab with the binaries and options
+// the lab was built with.
+func nodeRebuild(dir, name string) error {
+	st, ok, err := lab.LoadState(dir)
+	if err != nil || !ok {
+		return orNoLab(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	proxy := lab.ServiceProxy(st.ServiceProxy)
+	if proxy == "" {
+		proxy = lab.ServiceProxyNone // a lab from before the option
+	}
+	self, _ := os.Executable()
+	l := lab.New(lab.Options{Dir: dir, K8sDir: st.K8sDir, Backend: st.Backend, ServiceProxy: proxy,
+		Runtime: lab.Runtime(st.Runtime), PluginDir: filepath.Dir(self), NodeAgent: []string{self, "lab", "node-agent"},
+		RefPluginDir: envOr("PODNET_REF_CNI_DIR", "/var/cache/podnet/cni-plugins/v1.9.1"), Out: os.Stdout})
+	return l.RebuildMachine(ctx, name)
 }
 
 func orNoLab(err error) error {
@@ -211,6 +239,16 @@ func onNode(dir string, st lab.State, name string, argv []string) error {
 	cmd := m.Command(argv...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.New(lab.Options{Dir: dir}).AdminKubeconfig(),
-		"PATH="+st.K8sDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		"PATH="+strings.Join(append(nodePath(st), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"), ":"))
 	return cmd.Run()
+}
+
+// nodePath is what a machine's PATH holds besides the system's: kubectl,
+// and on the real node software crictl and ctr.
+func nodePath(st lab.State) []string {
+	p := []string{st.K8sDir}
+	if st.RuntimeDir != "" {
+		p = append(p, st.RuntimeDir)
+	}
+	return p
 }

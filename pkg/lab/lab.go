@@ -173,7 +173,7 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 			st.Phase, st.Created.Format(time.RFC3339))
 	}
 	start := time.Now()
-	st := State{Created: start.UTC(), Backend: l.opts.Backend, ServiceProxy: string(l.opts.ServiceProxy), Runtime: string(l.opts.Runtime),
+	st := State{Created: start.UTC(), Backend: l.opts.Backend, ServiceProxy: string(l.opts.ServiceProxy), Runtime: string(l.opts.Runtime), RuntimeDir: l.opts.RuntimeDir,
 		Machines: Machines(l.opts.Workers, l.opts.FarWorkers), K8sDir: l.opts.K8sDir, Phase: "building"}
 	for _, d := range []string{l.dir, l.LogDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {

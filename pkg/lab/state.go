@@ -25,6 +25,8 @@ type State struct {
 	Runtime  string        `json:"runtime,omitempty"`
 	Machines []MachineSpec `json:"machines"`
 	K8sDir   string        `json:"k8sDir"`
+	// RuntimeDir holds containerd, ctr and crictl (with RuntimeContainerd).
+	RuntimeDir string `json:"runtimeDir,omitempty"`
 	// Phase is "building" until Up has finished, then "up".
 	Phase string `json:"phase"`
 }

@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -101,17 +102,13 @@ func TestLabRealNodes(t *testing.T) {
 				t.Fatalf("while kubelet was down: wget: %v: %q", err, out)
 			}
 		}
-		waitFor(t, 60*time.Second, "kubelet back and the node Ready", func() (bool, string) {
-			n, err := c.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
+		waitFor(t, 60*time.Second, "a new kubelet answering /healthz", func() (bool, string) {
+			pids := componentPIDs(t, "node-1", "kubelet", "kubelet")
+			if len(pids) != 1 || pids[0] == old {
+				return false, fmt.Sprintf("kubelet pids %v (killed %d)", pids, old)
 			}
-			for _, cond := range n.Status.Conditions {
-				if cond.Type == corev1.NodeReady {
-					return cond.Status == corev1.ConditionTrue && cond.LastHeartbeatTime.After(time.Now().Add(-15*time.Second)), cond.Message
-				}
-			}
-			return false, "no Ready condition"
+			out, err := e.podnetctl("lab", "node", "node-1", "--", "curl", "-s", "--max-time", "2", "http://127.0.0.1:10248/healthz")
+			return err == nil && out == "ok", out
 		})
 		p, err := c.CoreV1().Pods("default").Get(ctx, "netexec", metav1.GetOptions{})
 		if err != nil {
