@@ -196,7 +196,7 @@ func nodeRebuild(dir, name string) error {
 	}
 	self, _ := os.Executable()
 	l := lab.New(lab.Options{Dir: dir, K8sDir: st.K8sDir, Backend: st.Backend, ServiceProxy: proxy,
-		Runtime: lab.Runtime(st.Runtime), PluginDir: filepath.Dir(self), NodeAgent: []string{self, "lab", "node-agent"},
+		Runtime: lab.Runtime(st.Runtime), RuntimeDir: st.RuntimeDir, PluginDir: filepath.Dir(self), NodeAgent: []string{self, "lab", "node-agent"},
 		RefPluginDir: envOr("PODNET_REF_CNI_DIR", "/var/cache/podnet/cni-plugins/v1.9.1"), Out: os.Stdout})
 	return l.RebuildMachine(ctx, name)
 }
