@@ -2,17 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -136,37 +132,10 @@ func run(a agentArgs) error {
 	}
 	if a.opts.Listen != "" {
 		go func() {
-			if err := serve(ctx, a.opts.Listen, reg, ag); err != nil {
+			if err := agentapi.Serve(ctx, a.opts.Listen, reg, ag); err != nil {
 				cfg.Log.Error("serve /healthz, /livez and /metrics", "err", err)
 			}
 		}()
 	}
 	return ag.Run(ctx)
-}
-
-// serve serves agentapi's /healthz and /metrics and, for kubelet's
-// liveness probe, /livez: 200 while podnetd serves at all. /healthz (the
-// readiness probe) says whether the dataplane is in sync, which a restart
-// cannot make true while the agent waits for its pod subnet or for an API
-// server that does not answer: restarting podnetd then would only delay
-// it once the API server is back.
-func serve(ctx context.Context, addr string, reg *prometheus.Registry, h agentapi.Health) error {
-	mux := http.NewServeMux()
-	mux.Handle("/", agentapi.Handler(reg, h))
-	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s for /healthz, /livez and /metrics: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }

@@ -1,7 +1,11 @@
 // Package agentapi serves podnetd's local HTTP endpoints: /healthz, which
 // answers 200 only while the agent's dataplane is in sync (its last sync
-// succeeded and is recent), and /metrics, the Prometheus metrics of a
-// registry the caller passes in (no global registry).
+// succeeded and is recent), /livez, which answers 200 while the agent
+// serves at all (kubelet's liveness probe: a restart cannot bring a
+// dataplane into sync while the agent waits for its pod subnet or for an
+// API server that does not answer, and would only delay it once the API
+// server is back), and /metrics, the Prometheus metrics of a registry the
+// caller passes in (no global registry).
 package agentapi
 
 import (
@@ -32,6 +36,7 @@ func Handler(reg *prometheus.Registry, h Health) http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	return mux
 }
@@ -40,7 +45,7 @@ func Handler(reg *prometheus.Registry, h Health) http.Handler {
 func Serve(ctx context.Context, addr string, reg *prometheus.Registry, h Health) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s for /healthz and /metrics: %w", addr, err)
+		return fmt.Errorf("listen on %s for /healthz, /livez and /metrics: %w", addr, err)
 	}
 	srv := &http.Server{Handler: Handler(reg, h), ReadHeaderTimeout: 5 * time.Second}
 	go func() {

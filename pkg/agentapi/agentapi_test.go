@@ -31,6 +31,10 @@ func TestHealthzFollowsSyncs(t *testing.T) {
 	if code, body := get("/healthz"); code != 503 || !strings.Contains(body, "no sync yet") {
 		t.Fatalf("before any sync: %d %q", code, body)
 	}
+	// Alive (kubelet's liveness probe) while not yet ready.
+	if code, body := get("/livez"); code != 200 || strings.TrimSpace(body) != "ok" {
+		t.Fatalf("/livez before any sync: %d %q", code, body)
+	}
 	h.Record(errors.New("boom"))
 	if code, body := get("/healthz"); code != 503 || !strings.Contains(body, "boom") {
 		t.Fatalf("after a failed sync: %d %q", code, body)
