@@ -50,6 +50,7 @@ func run() error {
 	flag.StringVar(&o.AgnhostCerts, "agnhost-certs", firstExisting(filepath.Join(k8sDir, "agnhost-porter"),
 		filepath.Join(k8sModule, "test/images/agnhost/porter")), "`dir` with agnhost's localhost.crt and localhost.key")
 	flag.StringVar(&o.CoreDNS, "coredns", filepath.Join(corednsDir, "coredns"), "coredns binary (hack/coredns.sh)")
+	flag.StringVar(&o.KubeProxy, "kube-proxy", filepath.Join(k8sDir, "kube-proxy"), "kube-proxy binary (hack/k8s.sh)")
 	flag.StringVar(&o.PodnetBin, "podnet-bin", "bin", "`dir` with podnet, podnetd and podnetctl (make build)")
 	flag.StringVar(&o.PodnetVersion, "version", "dev", "tag of docker.io/podnet/podnet")
 	push := flag.String("push", "", "also push the images to the registry at this `URL` (http://host:port)")

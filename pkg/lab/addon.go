@@ -3,11 +3,13 @@ package lab
 import (
 	"bytes"
 	"context"
+	_ "embed"
 	"fmt"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"text/template"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
@@ -50,10 +52,6 @@ func (l *Lab) podnetManifest(machines []MachineSpec) ([]byte, error) {
 			continue
 		}
 		found = true
-		segments := []string{Underlay.String()}
-		if hasFar(machines) {
-			segments = append(segments, FarUnderlay.String())
-		}
 		cm.Data["config.yaml"] = fmt.Sprintf(`# podnetd's options in the lab (podnetctl lab up; docs/deploy.md).
 backend: %q
 serviceProxy: %v
@@ -63,7 +61,7 @@ nodePortAddresses: [%s]
 apiServer: %q
 listen: "127.0.0.1:9965"
 `, l.opts.Backend, l.opts.ServiceProxy == ServiceProxyPodnet, ClusterCIDR.String(),
-			`"`+strings.Join(segments, `", "`)+`"`, netip.AddrPortFrom(ControlPlaneIP, 6443).String())
+			quotedList(labSegments(machines)), netip.AddrPortFrom(ControlPlaneIP, 6443).String())
 		out, err := yaml.Marshal(&cm)
 		if err != nil {
 			return nil, fmt.Errorf("encode ConfigMap podnet-config: %w", err)
@@ -88,11 +86,63 @@ func (l *Lab) installPodnet(ctx context.Context, machines []MachineSpec) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(l.opts.K8sDir, "kubectl"), "--kubeconfig", l.AdminKubeconfig(), "apply", "-f", "-")
-	cmd.Stdin = bytes.NewReader(m)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("kubectl apply -f deploy/podnet.yaml: %w: %s", err, out)
+	if err := l.kubectlApply(ctx, m, "deploy/podnet.yaml"); err != nil {
+		return err
 	}
 	l.say("podnet: deploy/podnet.yaml applied (DaemonSet podnet, image %s)", img)
+	return nil
+}
+
+// kubectlApply applies a manifest through the API server with the lab's
+// kubectl and admin credentials.
+func (l *Lab) kubectlApply(ctx context.Context, manifest []byte, what string) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(l.opts.K8sDir, "kubectl"), "--kubeconfig", l.AdminKubeconfig(), "apply", "-f", "-")
+	cmd.Stdin = bytes.NewReader(manifest)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("kubectl apply -f %s: %w: %s", what, err, out)
+	}
+	return nil
+}
+
+// labSegments are the lab's underlay prefixes: where NodePorts answer.
+func labSegments(machines []MachineSpec) []string {
+	segments := []string{Underlay.String()}
+	if hasFar(machines) {
+		segments = append(segments, FarUnderlay.String())
+	}
+	return segments
+}
+
+// quotedList is a YAML flow list's items: "a", "b".
+func quotedList(items []string) string { return `"` + strings.Join(items, `", "`) + `"` }
+
+// kubeProxyManifest is the kube-proxy add-on (kube-proxy.yaml) for this
+// lab: kubeadm's shape, the image the lab built, the API server by address
+// (kube-proxy is what would implement the kubernetes Service).
+//
+//go:embed kube-proxy.yaml
+var kubeProxyManifest string
+
+// kubeProxyImage is kube-proxy's image, tagged as kubeadm tags it: the
+// version of the lab's Kubernetes binaries.
+func (l *Lab) kubeProxyImage() string {
+	return "registry.k8s.io/kube-proxy:" + filepath.Base(l.opts.K8sDir)
+}
+
+// installKubeProxy applies the kube-proxy add-on.
+func (l *Lab) installKubeProxy(ctx context.Context, machines []MachineSpec) error {
+	t, err := template.New("kube-proxy.yaml").Option("missingkey=error").Parse(kubeProxyManifest)
+	if err != nil {
+		return fmt.Errorf("parse the kube-proxy manifest: %w", err)
+	}
+	var buf bytes.Buffer
+	if err := t.Execute(&buf, map[string]any{"Image": l.kubeProxyImage(), "APIServer": netip.AddrPortFrom(ControlPlaneIP, 6443),
+		"ClusterCIDR": ClusterCIDR, "NodePortAddresses": quotedList(labSegments(machines))}); err != nil {
+		return fmt.Errorf("render the kube-proxy manifest: %w", err)
+	}
+	if err := l.kubectlApply(ctx, buf.Bytes(), "kube-proxy.yaml"); err != nil {
+		return err
+	}
+	l.say("kube-proxy: DaemonSet kube-proxy applied (image %s, nftables mode)", l.kubeProxyImage())
 	return nil
 }

@@ -220,6 +220,11 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 		if err := l.installPodnet(ctx, st.Machines); err != nil {
 			return err
 		}
+		if l.opts.ServiceProxy == ServiceProxyKubeProxy {
+			if err := l.installKubeProxy(ctx, st.Machines); err != nil {
+				return err
+			}
+		}
 	}
 	if err := l.waitNodesReady(ctx, st.Machines, 60*time.Second); err != nil {
 		return err

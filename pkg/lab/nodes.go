@@ -51,10 +51,7 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	if err != nil {
 		return err
 	}
-	if l.opts.Runtime == RuntimeContainerd {
-		if err := l.startServiceProxy(b, ms); err != nil {
-			return err
-		}
+	if l.opts.Runtime == RuntimeContainerd { // kube-proxy too is a DaemonSet then
 		return l.startKubeNode(b, ms)
 	}
 	// podnetd writes the node's CNI config and programs the routes to the

@@ -250,7 +250,8 @@ func (l *Lab) buildImages(ctx context.Context) error {
 	o := imageset.Options{CacheDir: l.opts.ImageCacheDir,
 		PauseSource: filepath.Join(l.opts.K8sDir, "pause.c"),
 		Agnhost:     filepath.Join(l.opts.K8sDir, "agnhost"), AgnhostCerts: filepath.Join(l.opts.K8sDir, "agnhost-porter"),
-		CoreDNS: filepath.Join(l.opts.CoreDNSDir, "coredns"), PodnetBin: l.opts.PluginDir, PodnetVersion: tag}
+		CoreDNS: filepath.Join(l.opts.CoreDNSDir, "coredns"), PodnetBin: l.opts.PluginDir, PodnetVersion: tag,
+		KubeProxy: filepath.Join(l.opts.K8sDir, "kube-proxy")}
 	if only := os.Getenv(LabImagesEnv); only != "" {
 		o.Only = strings.Split(only, ",")
 	}

@@ -125,8 +125,8 @@ func componentsOn(l *Lab, ms MachineSpec) []string {
 			out = append(out, "registry")
 		}
 	}
-	if l.opts.ServiceProxy == ServiceProxyKubeProxy {
-		out = append(out, "kube-proxy")
+	if l.opts.ServiceProxy == ServiceProxyKubeProxy && l.opts.Runtime != RuntimeContainerd {
+		out = append(out, "kube-proxy") // a DaemonSet's pods on the real node software
 	}
 	if l.opts.Runtime == RuntimeContainerd { // podnetd is a pod of the DaemonSet podnet
 		return append(out, "containerd", "kubelet")

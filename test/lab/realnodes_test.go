@@ -201,3 +201,53 @@ func (e *env) waitRunningWithin(t *testing.T, name string, d time.Duration) stri
 	})
 	return ip
 }
+
+// TestLabRealNodesKubeProxy: with --service-proxy kube-proxy on the real
+// node software, kube-proxy is a DaemonSet shaped as kubeadm's (pods
+// kube-proxy-xxxxx next to podnet's, seed 000's `kubectl get pods -n
+// kube-system | grep kube-proxy`), its table is on every node and podnet's
+// proxy table on none, and a pod resolves names through kube-dns's
+// ClusterIP, which only kube-proxy implements.
+func TestLabRealNodesKubeProxy(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("lab test: needs root")
+	}
+	e := upLab(t, "--runtime", "containerd", "--service-proxy", "kube-proxy")
+	var out string
+	waitFor(t, 60*time.Second, "kube-proxy Running on every node", func() (bool, string) {
+		var err error
+		out, err = e.podnetctl("lab", "kubectl", "--", "get", "pods", "-n", "kube-system", "--no-headers",
+			"-o", "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,PHASE:.status.phase")
+		return err == nil && strings.Count(out, "kube-proxy-") == 3 && !strings.Contains(out, "Pending"), out
+	})
+	for _, n := range []string{"controlplane", "node-1", "node-2"} {
+		var running []string
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) == 3 && f[1] == n && f[2] == "Running" {
+				running = append(running, f[0])
+			}
+		}
+		has := func(prefix string) bool {
+			for _, p := range running {
+				if strings.HasPrefix(p, prefix) {
+					return true
+				}
+			}
+			return false
+		}
+		if !has("kube-proxy-") || !has("podnet-") {
+			t.Errorf("node %s runs %v in kube-system, want kube-proxy-… and podnet-…:\n%s", n, running, out)
+		}
+	}
+	for _, n := range []string{"node-1", "node-2"} {
+		if tables := e.onNode(n, "nft list tables"); !strings.Contains(tables, "table ip kube-proxy") || strings.Contains(tables, "podnet-proxy") {
+			t.Errorf("nft tables on %s: %q, want kube-proxy's and not podnet's proxy", n, tables)
+		}
+	}
+	e.runPod(t, "client", "node-2", corev1.RestartPolicyAlways, "busybox", []string{"sleep", "3600"})
+	e.waitRunningWithin(t, "client", 60*time.Second)
+	out, err := e.exec("client", "nslookup", "kubernetes.default.svc.cluster.local")
+	if err != nil || !strings.Contains(out, "10.96.0.1") {
+		t.Errorf("nslookup through kube-dns (kube-proxy's ClusterIP): %v: %s", err, out)
+	}
+}

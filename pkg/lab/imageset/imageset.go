@@ -63,6 +63,8 @@ type Options struct {
 	// PodnetBin is the directory with podnet, podnetd and podnetctl (make
 	// build), PodnetVersion the tag of docker.io/podnet/podnet.
 	PodnetBin, PodnetVersion string
+	// KubeProxy is the kube-proxy binary (hack/k8s.sh).
+	KubeProxy string
 
 	// Repo is where Debian packages come from; nil means apt on this
 	// machine, with the .deb files kept in CacheDir/debs.

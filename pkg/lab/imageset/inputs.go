@@ -99,10 +99,12 @@ func (o Options) inputs(selected []recipe) (map[string]*inputFile, error) {
 		inPodnet:      joinIf(o.PodnetBin, "podnet"),
 		inPodnetd:     joinIf(o.PodnetBin, "podnetd"),
 		inPodnetctl:   joinIf(o.PodnetBin, "podnetctl"),
+		inKubeProxy:   o.KubeProxy,
 	}
 	option := map[string]string{
 		inPause: "PauseSource", inAgnhost: "Agnhost", inAgnhostCert: "AgnhostCerts", inAgnhostKey: "AgnhostCerts",
 		inCoreDNS: "CoreDNS", inPodnet: "PodnetBin", inPodnetd: "PodnetBin", inPodnetctl: "PodnetBin",
+		inKubeProxy: "KubeProxy",
 	}
 	out := map[string]*inputFile{}
 	for _, r := range selected {

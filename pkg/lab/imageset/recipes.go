@@ -58,10 +58,14 @@ const (
 	inPodnet       = "podnet"
 	inPodnetd      = "podnetd"
 	inPodnetctl    = "podnetctl"
+	inKubeProxy    = "kube-proxy"
 	defaultPath    = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	pauseVersion   = "3.10.2"
 	agnhostVersion = "2.63.0"
 	corednsVersion = "v1.15.0"
+	// kubernetesVersion is hack/k8s/go.mod's k8s.io/kubernetes (a test
+	// checks): the tag of kube-proxy's image, as kubeadm names it.
+	kubernetesVersion = "v1.36.3"
 )
 
 func content(p, c string, mode fs.FileMode) file { return file{Path: p, Content: c, Mode: mode} }
@@ -143,6 +147,7 @@ func recipes(podnetVersion string) []recipe {
 			Config: oci.Config{Entrypoint: []string{"/coredns"}, ExposedPorts: []string{"53/tcp", "53/udp"}},
 		},
 		podnetRecipe(podnetVersion),
+		kubeProxyRecipe(),
 	}
 }
 
@@ -411,5 +416,21 @@ func podnetRecipe(version string) recipe {
 			Cmd:    []string{"podnetd"},
 			Labels: map[string]string{"org.opencontainers.image.title": "podnet", "org.opencontainers.image.version": version},
 		},
+	}
+}
+
+// kubeProxyRecipe is kube-proxy's image as kubeadm deploys it
+// (registry.k8s.io/kube-proxy:<version>): the kube-proxy the lab built,
+// and the nft its nftables mode runs.
+func kubeProxyRecipe() recipe {
+	return recipe{
+		Name:  "kube-proxy",
+		Names: tags("registry.k8s.io/kube-proxy", kubernetesVersion),
+		Layers: []layer{
+			userland,
+			{Packages: []pkg{{Name: "nftables"}, {Name: "conntrack"}}, Files: glibc},
+			{Files: []file{input("usr/local/bin/kube-proxy", inKubeProxy)}},
+		},
+		Config: oci.Config{Env: []string{defaultPath}, Entrypoint: []string{"/usr/local/bin/kube-proxy"}},
 	}
 }

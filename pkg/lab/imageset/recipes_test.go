@@ -74,6 +74,11 @@ func TestE2ENames(t *testing.T) {
 	}
 	registries := map[string]string{"PromoterE2eRegistry": "registry.k8s.io/e2e-test-images", "GcRegistry": "registry.k8s.io"}
 	have := names(t)
+	// kube-proxy's image is tagged with the pinned Kubernetes version, as
+	// kubeadm names it.
+	if kp := "registry.k8s.io/kube-proxy:" + string(m[1]); have[kp] == "" {
+		t.Errorf("no recipe gives %s (kubernetesVersion is %s)", kp, kubernetesVersion)
+	}
 	entry := regexp.MustCompile(`configs\[(\w+)\] = Config\{list\.(\w+), "([^"]+)", "([^"]+)"\}`)
 	want := map[string]bool{"Agnhost": true, "AgnhostPrev": true, "BusyBox": true, "Nginx": true, "NginxNew": true, "Pause": true}
 	for _, e := range entry.FindAllStringSubmatch(string(src), -1) {
