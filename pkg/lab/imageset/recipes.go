@@ -148,6 +148,7 @@ func recipes(podnetVersion string) []recipe {
 		},
 		podnetRecipe(podnetVersion),
 		kubeProxyRecipe(),
+		glibcDNSTestingRecipe(),
 	}
 }
 
@@ -432,5 +433,25 @@ func kubeProxyRecipe() recipe {
 			{Files: []file{input("usr/local/bin/kube-proxy", inKubeProxy)}},
 		},
 		Config: oci.Config{Env: []string{defaultPath}, Entrypoint: []string{"/usr/local/bin/kube-proxy"}},
+	}
+}
+
+// glibcDNSTestingRecipe is the e2e framework's glibc-dns-testing image
+// (the DNS conformance specs' "jessie" querier): Debian's dig and glibc's
+// resolver (getent) beside CoreDNS, as test/images/glibc-dns-testing's
+// Dockerfile makes it from a Debian base.
+func glibcDNSTestingRecipe() recipe {
+	return recipe{
+		Name:  "glibc-dns-testing",
+		Names: tags("registry.k8s.io/e2e-test-images/glibc-dns-testing", "2.0.0"),
+		Layers: []layer{
+			userland,
+			{
+				Packages: []pkg{{Name: "bind9-dnsutils"}, {Name: "netbase"}, {Name: "libc-bin", Only: []string{"usr/bin/getent"}}},
+				Files:    glibc,
+			},
+			corednsLayer,
+		},
+		Config: oci.Config{Env: []string{defaultPath}},
 	}
 }
