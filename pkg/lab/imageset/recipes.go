@@ -177,6 +177,8 @@ func agnhostRecipe() recipe {
 					{Name: "bash"}, {Name: "bind9-dnsutils"}, {Name: "curl"}, {Name: "netcat-openbsd"}, {Name: "wget"},
 					{Name: "iproute2"}, {Name: "iperf"}, {Name: "netbase"},
 					{Name: "util-linux", Only: []string{"usr/bin/ipcs"}},
+					// The DNS specs' queriers run getent (upstream's Alpine has musl's).
+					{Name: "libc-bin", Only: []string{"usr/bin/getent"}},
 				},
 				Files: append([]file{
 					// update-alternatives' links, which no maintainer script makes here.
