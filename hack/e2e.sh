@@ -9,6 +9,7 @@
 #   E2E_FOCUS   ginkgo focus regexp   (default '\[sig-network\].*\[Conformance\]')
 #   E2E_SKIP    ginkgo skip regexp    (default: the specs docs/lab.md names as
 #               unable to pass here, with the reason)
+#   E2E_TIMEOUT the whole run's bound (default 80m)
 #   E2E_ARGS    more arguments for e2e.test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ export KUBECONFIG PATH="$K8S:$PATH"
 set +e
 "$K8S/e2e.test" --kubeconfig "$KUBECONFIG" --provider skeleton \
   --ginkgo.focus="$FOCUS" --ginkgo.skip="$SKIP" \
-  --ginkgo.timeout=80m --report-dir "$REPORT" --disable-log-dump \
+  --ginkgo.timeout="${E2E_TIMEOUT:-80m}" --ginkgo.no-color --report-dir "$REPORT" --disable-log-dump \
   --e2e-verify-service-account=false ${E2E_ARGS:-} 2>&1 | tee "$REPORT/e2e.log"
 rc=${PIPESTATUS[0]}
 set -e
