@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -299,5 +300,42 @@ func TestAddExhausted(t *testing.T) {
 	}
 	if len(e.store(t, network)) != 1 || len(e.k.Pods) != 1 {
 		t.Errorf("after the failed ADD: %d reservations, %d attachments; want c1's only", len(e.store(t, network)), len(e.k.Pods))
+	}
+}
+
+// A reservation left by a sandbox that no DEL and no GC will ever come for
+// (its runtime lost it: the node reset, its state gone) is reclaimed by the
+// next ADD once it is old and its pod's veth is gone; a live pod's as old,
+// and an orphan young enough for its ADD to be still running, stay.
+func TestAddReclaimsReservationsWhoseInterfaceIsGone(t *testing.T) {
+	e := newEnv(t, netns, netns2)
+	c := conf(t, "1.1.0", map[string]any{"ipam": ranges("10.244.1.0/29")}) // 5 usable
+	live := e.mustAdd(t, cmdArgs("live", netns, c)).res.IPs[0].Address.IP.String()
+	old := time.Now().Add(-ipam.StaleAfter - time.Minute).UTC().Truncate(time.Second)
+	lost := netip.MustParseAddr("10.244.1.6")
+	young := netip.MustParseAddr("10.244.1.5")
+	e.withStore(t, network, func(st *ipam.MemStore) {
+		all, _ := st.List()
+		for _, r := range all { // the live pod has run for a while
+			r.Created = old
+			_ = st.Release(r.IP)
+			_, _ = st.Reserve(r)
+		}
+		_, _ = st.Reserve(ipam.Reservation{IP: lost, ContainerID: "lost", IfName: "eth0", PodNamespace: "default", PodName: "gone", Created: old})
+		_, _ = st.Reserve(ipam.Reservation{IP: young, ContainerID: "adding", IfName: "eth0", Created: time.Now().UTC()})
+	})
+	e.mustAdd(t, cmdArgs("next", netns2, c))
+	held := map[string]string{}
+	for _, r := range e.store(t, network) {
+		held[r.IP.String()] = r.ContainerID
+	}
+	if _, ok := held[lost.String()]; ok {
+		t.Errorf("the old reservation %s whose veth is gone survived an ADD: %v", lost, held)
+	}
+	if held[live] != "live" || held[young.String()] != "adding" {
+		t.Errorf("an ADD released a live pod's old reservation (%s) or a young orphan's (%s): %v", live, young, held)
+	}
+	if len(held) != 3 {
+		t.Errorf("store %v, want live, adding and next", held)
 	}
 }

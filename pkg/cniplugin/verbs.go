@@ -114,6 +114,7 @@ func (p *Plugin) allocate(ctx context.Context, conf *netconf.Conf, args *skel.Cm
 	if err != nil {
 		return plan, nil, err
 	}
+	alloc.Reclaim = p.interfaceGone(conf.Name)
 	att := ipam.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	got, err := alloc.Allocate(ipam.Request{Attachment: att, PodNamespace: pod.Namespace, PodName: pod.Name})
 	if err != nil {
@@ -123,6 +124,35 @@ func (p *Plugin) allocate(ctx context.Context, conf *netconf.Conf, args *skel.Cm
 	plan.addrs, plan.gws = builtinAddrs(conf.IPAM.Builtin, got)
 	plan.routes = routesFor(conf.IPAM.Builtin.Routes, plan.gws, conf.DefaultGateway())
 	return plan, release, nil
+}
+
+// interfaceGone picks, of reservations made long ago (ipam.StaleAfter),
+// those whose host veth is gone: their pod's network namespace went (a
+// node reset, a sandbox its runtime lost) without the DEL that releases
+// them, and no runtime sends a GC for them (containerd 2.4 sends none).
+// A live pod's veth exists for as long as its namespace does. When the
+// veths cannot be listed, nothing is called stale.
+func (p *Plugin) interfaceGone(network string) func([]ipam.Reservation) []ipam.Reservation {
+	return func(old []ipam.Reservation) []ipam.Reservation {
+		links, err := p.Kernel.HostLinks(network)
+		if err != nil {
+			p.Log.Warn("ADD: no stale reservation reclaimed", "err", err)
+			return nil
+		}
+		live := make(map[string]bool, len(links))
+		for _, l := range links {
+			live[l.Name] = true
+		}
+		var stale []ipam.Reservation
+		for _, r := range old {
+			if !live[wire.HostName(r.ContainerID, r.IfName)] {
+				p.Log.Info("ADD reclaims a stale reservation: its pod's interface is gone", "ip", r.IP,
+					"container", r.ContainerID, "pod", r.PodNamespace+"/"+r.PodName, "reserved", r.Created)
+				stale = append(stale, r)
+			}
+		}
+		return stale
+	}
 }
 
 func (p *Plugin) allocator(conf *netconf.Conf) (*ipam.Allocator, error) {

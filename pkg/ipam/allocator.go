@@ -13,7 +13,22 @@ type Allocator struct {
 	Reserved []netip.Prefix // never handed out
 	Store    Store
 	Now      func() time.Time // for tests; time.Now when nil
+	// Reclaim, when set, is shown at every Allocate (under the store's
+	// lock) the reservations of other attachments made at least StaleAfter
+	// ago, and returns those that are stale: Allocate releases them before
+	// it hands addresses out. It is how a leak that no runtime ever sends a
+	// DEL or a GC for (a sandbox whose runtime lost it) goes; the plugin
+	// calls stale those whose pod interface is gone. Reservations of
+	// unknown age (host-local's, inherited) are never shown.
+	Reclaim func(old []Reservation) (stale []Reservation)
 }
+
+// StaleAfter is how old a reservation must be before Reclaim may judge it:
+// far longer than an ADD runs between reserving the address and creating
+// the interface that carries it (milliseconds; a runtime gives up on an
+// ADD and kills the plugin after a few minutes), so a reservation whose
+// ADD is still running is never taken for a leak.
+const StaleAfter = 10 * time.Minute
 
 // Request is who asks for addresses.
 type Request struct {
@@ -34,6 +49,11 @@ func (a *Allocator) Allocate(req Request) ([]Reservation, error) {
 	if err != nil {
 		return nil, err
 	}
+	now := time.Now
+	if a.Now != nil {
+		now = a.Now
+	}
+	all = a.reclaim(all, req.Attachment, now())
 	held := make(map[netip.Addr]bool, len(all))
 	mine := map[int]Reservation{}
 	for _, r := range all {
@@ -50,10 +70,6 @@ func (a *Allocator) Allocate(req Request) ([]Reservation, error) {
 		for _, ip := range fresh {
 			_ = a.Store.Release(ip) // best effort; the caller reports the first error
 		}
-	}
-	now := time.Now
-	if a.Now != nil {
-		now = a.Now
 	}
 	for i, set := range a.Sets {
 		if r, ok := mine[i]; ok {
@@ -73,6 +89,40 @@ func (a *Allocator) Allocate(req Request) ([]Reservation, error) {
 		got = append(got, r)
 	}
 	return got, nil
+}
+
+// reclaim releases the reservations Reclaim calls stale among those of
+// other attachments older than StaleAfter, and returns the rest of all. A
+// reservation that cannot be released stays held.
+func (a *Allocator) reclaim(all []Reservation, requester Attachment, now time.Time) []Reservation {
+	if a.Reclaim == nil {
+		return all
+	}
+	var old []Reservation
+	for _, r := range all {
+		if r.Attachment() != requester && !r.Created.IsZero() && now.Sub(r.Created) >= StaleAfter {
+			old = append(old, r)
+		}
+	}
+	if len(old) == 0 {
+		return all
+	}
+	gone := map[netip.Addr]bool{}
+	for _, r := range a.Reclaim(old) {
+		if r.Attachment() != requester && !r.Created.IsZero() && now.Sub(r.Created) >= StaleAfter && a.Store.Release(r.IP) == nil {
+			gone[r.IP] = true
+		}
+	}
+	if len(gone) == 0 {
+		return all
+	}
+	kept := make([]Reservation, 0, len(all)-len(gone))
+	for _, r := range all {
+		if !gone[r.IP] {
+			kept = append(kept, r)
+		}
+	}
+	return kept
 }
 
 // allocateIn finds the first free address of set i after the last one handed

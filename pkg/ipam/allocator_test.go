@@ -518,3 +518,69 @@ func TestAllocateReservedAcrossRanges(t *testing.T) {
 		})
 	}
 }
+
+func TestAllocateReclaimsStaleReservations(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	a, st := newAllocator(t, one("10.244.1.0/28"))
+	a.Now = func() time.Time { return now }
+	old, young := now.Add(-StaleAfter), now.Add(-StaleAfter+time.Second)
+	seed := []Reservation{
+		{IP: netip.MustParseAddr("10.244.1.2"), ContainerID: "lost", IfName: "eth0", Created: old},
+		{IP: netip.MustParseAddr("10.244.1.3"), ContainerID: "live", IfName: "eth0", Created: old},
+		{IP: netip.MustParseAddr("10.244.1.4"), ContainerID: "adding", IfName: "eth0", Created: young},
+		{IP: netip.MustParseAddr("10.244.1.5"), ContainerID: "inherited", IfName: "eth0"}, // no creation time
+		{IP: netip.MustParseAddr("10.244.1.6"), ContainerID: "retry", IfName: "eth0", Created: old},
+	}
+	for _, r := range seed {
+		if ok, err := st.Reserve(r); !ok || err != nil {
+			t.Fatal(r, ok, err)
+		}
+	}
+	var shown []string
+	a.Reclaim = func(cands []Reservation) []Reservation {
+		var stale []Reservation
+		for _, r := range cands {
+			shown = append(shown, r.ContainerID)
+			if r.ContainerID == "lost" {
+				stale = append(stale, r)
+			}
+		}
+		// What it returns beyond the candidates is never released.
+		return append(stale, seed[2], seed[3], seed[4])
+	}
+	got := mustAllocate(t, a, req("retry", "eth0"))
+	if fmt.Sprint(shown) != "[lost live]" {
+		t.Errorf("Reclaim was shown %v, want the old reservations of other attachments with a known age: [lost live]", shown)
+	}
+	if len(got) != 1 || got[0].IP != seed[4].IP {
+		t.Errorf("the retried ADD got %v, want its own %s back", got, seed[4].IP)
+	}
+	held := heldIPs(t, st)
+	if _, ok := held[seed[0].IP]; ok {
+		t.Errorf("the stale reservation %s was not released", seed[0].IP)
+	}
+	for _, r := range seed[1:] {
+		if _, ok := held[r.IP]; !ok {
+			t.Errorf("%s (%s) was released; only the one Reclaim called stale may be", r.IP, r.ContainerID)
+		}
+	}
+	// The reclaimed address is free again: a full range hands it out.
+	full, fst := newAllocator(t, one("10.244.1.0/30")) // only .2 is usable
+	full.Now = a.Now
+	if _, err := fst.Reserve(seed[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := full.Allocate(req("next", "eth0")); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("without Reclaim: err = %v, want ErrExhausted", err)
+	}
+	full.Reclaim = func(cands []Reservation) []Reservation { return cands }
+	if got := mustAllocate(t, full, req("next", "eth0")); got[0].IP != seed[0].IP {
+		t.Errorf("got %v, want the reclaimed %s", got, seed[0].IP)
+	}
+	// No old reservation: Reclaim is not even asked (it costs the plugin a
+	// look at the node's interfaces).
+	fresh, _ := newAllocator(t, one("10.244.1.0/24"))
+	fresh.Reclaim = func([]Reservation) []Reservation { t.Error("Reclaim asked with no old reservation"); return nil }
+	mustAllocate(t, fresh, req("a", "eth0"))
+	mustAllocate(t, fresh, req("b", "eth0"))
+}

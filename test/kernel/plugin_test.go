@@ -312,6 +312,50 @@ func TestGC(t *testing.T) {
 	}
 }
 
+// TestAddReclaimsStaleReservations: with no runtime sending GC, an ADD
+// releases reservations made long ago whose veth is gone (a sandbox its
+// runtime lost), and keeps a live pod's as old, an orphan young enough for
+// its ADD to be running, and one of unknown age.
+func TestAddReclaimsStaleReservations(t *testing.T) {
+	n := cnitest.NewNode(t)
+	list := cnitest.List(t, "1.1.0", "podnet", n.PodnetConf(subnet, ""))
+	keep := cnitest.NewPod(t, "keep")
+	res, err := n.Add(list, keep.RT())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keepIP := podIP(t, res, keep.NS.Path)
+	old := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	store := filepath.Join(n.DataDir, "podnet")
+	write := func(ip, body string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(store, ip), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// keep has been running for an hour.
+	write(keepIP.String(), fmt.Sprintf(`{"ip":%q,"containerID":%q,"ifName":"eth0","created":%q}`, keepIP, keep.ContainerID, old))
+	write("10.244.1.200", `{"ip":"10.244.1.200","containerID":"lost","ifName":"eth0","created":"`+old+`"}`)
+	write("10.244.1.201", `{"ip":"10.244.1.201","containerID":"adding","ifName":"eth0","created":"`+time.Now().UTC().Format(time.RFC3339)+`"}`)
+	write("10.244.1.202", "inherited\r\neth0") // host-local's format: no age
+	next := cnitest.NewPod(t, "next")
+	if _, err := n.Add(list, next.RT()); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(reservations(t, n, "podnet"), " ")
+	if strings.Contains(got, "10.244.1.200") {
+		t.Errorf("an ADD kept the hour-old reservation of a pod whose veth is gone: %s", got)
+	}
+	for _, want := range []string{keepIP.String(), "10.244.1.201", "10.244.1.202"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("an ADD released %s: %s", want, got)
+		}
+	}
+	if err := ping(next, keepIP); err != nil {
+		t.Errorf("keep, whose old reservation stayed, is unreachable: %v", err)
+	}
+}
+
 func mustJSON(v any) string {
 	b, err := json.Marshal(v)
 	if err != nil {
