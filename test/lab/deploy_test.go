@@ -112,13 +112,17 @@ const deployAgnhost = "registry.k8s.io/e2e-test-images/agnhost:2.63.0"
 func deployInstalled(t *testing.T, e *env, img string, nodes []string) {
 	pods := deployReady(t, e, img, nodes, 2*time.Minute)
 	ctx := context.Background()
-	ds, err := e.client.AppsV1().DaemonSets("kube-system").Get(ctx, "podnet", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := ds.Status; s.DesiredNumberScheduled != 3 || s.NumberReady != 3 || s.NumberAvailable != 3 {
-		t.Errorf("DaemonSet podnet: desired %d, ready %d, available %d; want 3 of each", s.DesiredNumberScheduled, s.NumberReady, s.NumberAvailable)
-	}
+	// The DaemonSet controller counts the pods' readiness a moment after
+	// the pods show it.
+	waitFor(t, 30*time.Second, "DaemonSet podnet: 3 desired, ready and available", func() (bool, string) {
+		ds, err := e.client.AppsV1().DaemonSets("kube-system").Get(ctx, "podnet", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		s := ds.Status
+		return s.DesiredNumberScheduled == 3 && s.NumberReady == 3 && s.NumberAvailable == 3,
+			fmt.Sprintf("desired %d, ready %d, available %d", s.DesiredNumberScheduled, s.NumberReady, s.NumberAvailable)
+	})
 
 	out, err := e.kubectl("get", "pods", "-n", "kube-system", "-o", "wide")
 	if err != nil {
@@ -547,7 +551,12 @@ func startDeployTraffic(t *testing.T, e *env, name, target string) *deployTraffi
 	tr.serverIP = server
 	waitListening(t, e, tr.server, 9000)
 	e.deployPod(t, tr.pinger, "node-2", `ping -i 0.2 `+target+` & p=$!; while [ ! -e /tmp/stop ]; do sleep 0.1; done; kill -INT $p; wait $p; echo "ping-exit=$?"`)
-	e.deployPod(t, tr.client, "node-2", `{ i=0; while [ ! -e /tmp/stop ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done; echo "sent=$i" >&2; } | nc -N `+server+` 9000; echo "nc-exit=$?"`)
+	// The client waits with bash's read -t on a pipe nobody writes, not a
+	// sleep process per line: a fork and exec per line on the two cores the
+	// rollout keeps busy stretched the gaps between lines (875 ms once,
+	// with no segment retransmitted), close to checkStream's 1 s bound.
+	e.deployPod(t, tr.client, "node-2", `exec 3< <(exec sleep 100000); `+
+		`{ i=0; while [ ! -e /tmp/stop ]; do echo "line $i"; i=$((i+1)); read -t 0.1 -u 3; done; echo "sent=$i" >&2; } | nc -N `+server+` 9000; echo "nc-exit=$?"`)
 	e.waitRunningWithin(t, tr.pinger, 60*time.Second)
 	e.waitRunningWithin(t, tr.client, 60*time.Second)
 	// Both flowing before anything happens to podnet.
