@@ -24,6 +24,8 @@ import (
 	"path"
 	"sort"
 	"strings"
+
+	"github.com/podnet/podnet/pkg/lab/oci"
 )
 
 // Paths on the machine.
@@ -100,16 +102,10 @@ func (n Node) KubeletArgv(k8sDir string) []string {
 	}
 }
 
-// hostsTOML points the registry host at the lab registry, with no fallback
-// to the host itself.
-func (n Node) hostsTOML(host string) string {
-	return fmt.Sprintf(`# The lab registry serves %[1]s's images under /v2/%[1]s/…; there is no
-# fallback to the internet.
-server = "http://%[2]s/v2/%[1]s"
-capabilities = ["pull", "resolve"]
-override_path = true
-`, host, n.Registry)
-}
+// hostsTOML points the registry host at the lab registry, with no
+// fallback to the host itself (oci.HostsTOML, which pairs with the
+// repositories oci.MirrorRepository pushes to).
+func (n Node) hostsTOML(host string) string { return oci.HostsTOML(host, "http://"+n.Registry) }
 
 func (n Node) containerdConfig() string {
 	return fmt.Sprintf(`# containerd of lab machine %[1]s (written by podnetctl lab up).

@@ -102,18 +102,15 @@ func MirrorRepository(image string) (repo, tag string, err error) {
 // HostsTOML is the containerd registry host configuration
 // (/etc/containerd/certs.d/<upstream>/hosts.toml) that sends pulls of
 // images from upstream ("docker.io", "registry.k8s.io") to the mirror
-// registry at mirrorURL ("http://192.168.56.1:5000"), under the repository
+// registry at mirrorURL ("http://192.168.56.10:5000"), under the repository
 // MirrorRepository names: with override_path, containerd asks
-// <mirrorURL>/v2/<upstream>/<path>/manifests/<tag>.
+// <mirrorURL>/v2/<upstream>/<path>/manifests/<tag>. The mirror is the
+// server itself, not a host tried before upstream: nothing falls back to
+// the internet, and an image the mirror lacks fails to pull at once.
 func HostsTOML(upstream, mirrorURL string) string {
-	server := "https://" + upstream
-	if upstream == "docker.io" {
-		server = "https://registry-1.docker.io"
-	}
-	return fmt.Sprintf("# Pulls from %s go to the lab's registry (written by podnet).\n"+
-		"server = %q\n\n"+
-		"[host.%q]\n"+
-		"  capabilities = [\"pull\", \"resolve\"]\n"+
-		"  override_path = true\n",
-		upstream, server, strings.TrimSuffix(mirrorURL, "/")+"/v2/"+upstream)
+	return fmt.Sprintf("# Pulls from %s go to the lab's registry only (written by podnet).\n"+
+		"server = %q\n"+
+		"capabilities = [\"pull\", \"resolve\"]\n"+
+		"override_path = true\n",
+		upstream, strings.TrimSuffix(mirrorURL, "/")+"/v2/"+upstream)
 }

@@ -150,9 +150,12 @@ func TestMirrorRepositoryAndHostsTOML(t *testing.T) {
 		t.Error("MirrorRepository of a digest reference: no error")
 	}
 	got := HostsTOML("docker.io", "http://192.168.56.1:5000/")
-	for _, want := range []string{`server = "https://registry-1.docker.io"`, `[host."http://192.168.56.1:5000/v2/docker.io"]`, "override_path = true", `capabilities = ["pull", "resolve"]`} {
+	for _, want := range []string{`server = "http://192.168.56.1:5000/v2/docker.io"`, "override_path = true", `capabilities = ["pull", "resolve"]`} {
 		if !strings.Contains(got, want) {
 			t.Errorf("hosts.toml lacks %s:\n%s", want, got)
 		}
+	}
+	if strings.Contains(got, "[host.") || strings.Contains(got, "https://") {
+		t.Errorf("hosts.toml falls back to another host:\n%s", got)
 	}
 }
