@@ -175,7 +175,7 @@ func labUp(opts lab.Options, proxy string) error {
 	}
 	fmt.Printf("\nThe lab is up. Try:\n  podnetctl lab kubectl -- get nodes -o wide\n  podnetctl lab node node-1 -- ip route\n")
 	if sp.Runs() {
-		fmt.Printf("  podnetctl lab kubectl -- run -it --rm dns --image=busybox --restart=Never -- nslookup kubernetes.default\n")
+		fmt.Printf("  podnetctl lab kubectl -- run -it --rm dns --image=nicolaka/netshoot --restart=Never -- nslookup kubernetes.default\n")
 	}
 	fmt.Printf("  export KUBECONFIG=%s\n", l.AdminKubeconfig())
 	return nil

@@ -32,7 +32,7 @@ const (
 )
 
 // DefaultRuntime is what `lab up` runs when not told.
-const DefaultRuntime = RuntimeLabAgent
+const DefaultRuntime = RuntimeContainerd
 
 // ParseRuntime checks a --runtime value.
 func ParseRuntime(s string) (Runtime, error) {

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/podnet/podnet/pkg/lab/cgroup"
 	"github.com/podnet/podnet/pkg/lab/machine"
@@ -72,9 +73,13 @@ func PrintStatus(w io.Writer, dir string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		if nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil {
+			agents := map[string]string{}
+			if l.opts.Runtime.orDefault() == RuntimeContainerd {
+				agents = nodeAgents(ctx, c, dir, st)
+			}
 			fmt.Fprintln(w)
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tREADY\tPOD CIDR\tMESSAGE")
+			fmt.Fprintln(tw, "NODE\tREADY\tPOD CIDR\tNODE AGENTS\tMESSAGE")
 			for _, n := range nodes.Items {
 				ready, msg := "Unknown", ""
 				for _, c := range n.Status.Conditions {
@@ -82,7 +87,11 @@ func PrintStatus(w io.Writer, dir string) error {
 						ready, msg = string(c.Status), c.Message
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, ready, n.Spec.PodCIDR, msg)
+				a := agents[n.Name]
+				if a == "" {
+					a = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, ready, n.Spec.PodCIDR, a, msg)
 			}
 			tw.Flush()
 		}
@@ -132,4 +141,56 @@ func componentsOn(l *Lab, ms MachineSpec) []string {
 		return append(out, "containerd", "kubelet")
 	}
 	return append(out, "podnetd", "node-agent")
+}
+
+// nodeAgents describes, per node, the pods of the add-ons that run the
+// network on the real node software (the DaemonSets podnet and, when
+// chosen, kube-proxy): "podnet-x7k2p=Running,ready,answering". Answering
+// is podnetd's (or kube-proxy's) /healthz, asked from inside the node's
+// machine.
+func nodeAgents(ctx context.Context, c kubernetes.Interface, dir string, st State) map[string]string {
+	out := map[string]string{}
+	for _, sel := range []string{"app.kubernetes.io/name=podnet", "k8s-app=kube-proxy"} {
+		pods, err := c.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			continue
+		}
+		for _, p := range pods.Items {
+			s := fmt.Sprintf("%s=%s", p.Name, p.Status.Phase)
+			if podIsReady(&p) {
+				s += ",ready"
+			} else {
+				s += ",not-ready"
+			}
+			if p.Status.Phase == corev1.PodRunning {
+				for _, ms := range st.Machines {
+					url, _ := healthURL("podnetd", ms)
+					if sel == "k8s-app=kube-proxy" {
+						url, _ = healthURL("kube-proxy", ms)
+					}
+					if ms.Name == p.Spec.NodeName && machine.New(dir, ms.Name).Exists() {
+						if answering(dir, ms.Name, url) {
+							s += ",answering"
+						} else {
+							s += ",not-answering"
+						}
+					}
+				}
+			}
+			if out[p.Spec.NodeName] != "" {
+				out[p.Spec.NodeName] += " "
+			}
+			out[p.Spec.NodeName] += s
+		}
+	}
+	return out
+}
+
+func podIsReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }

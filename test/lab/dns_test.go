@@ -29,7 +29,9 @@ func TestLabDNS(t *testing.T) {
 	ctMax, _ := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
 	e := upLab(t)
 	ctx := context.Background()
-	e.runPod(t, "client", "node-1", corev1.RestartPolicyAlways, "busybox", []string{"sleep", "3600"})
+	// netshoot's nslookup (bind9's) applies the search path; busybox's
+	// does not, as upstream busybox's since 1.28.
+	e.runPod(t, "client", "node-1", corev1.RestartPolicyAlways, "nicolaka/netshoot", []string{"sleep", "3600"})
 	e.waitRunning(t, "client")
 
 	t.Run("nslookup kubernetes.default", func(t *testing.T) {
@@ -44,12 +46,12 @@ func TestLabDNS(t *testing.T) {
 		var out string
 		var err error
 		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-			if out, err = e.exec("client", "wget", "-qO-", "-T", "3", "http://my-service/hostname"); err == nil {
+			if out, err = e.exec("client", "curl", "-sf", "-m", "3", "http://my-service/hostname"); err == nil {
 				break
 			}
 		}
 		if err != nil || strings.TrimSpace(out) != "backend" {
-			t.Fatalf("wget http://my-service/hostname from the client: %v\n%s", err, out)
+			t.Fatalf("curl http://my-service/hostname from the client: %v\n%s", err, out)
 		}
 	})
 

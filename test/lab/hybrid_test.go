@@ -74,13 +74,14 @@ func TestLabHybrid(t *testing.T) {
 
 // startPairPods runs, on each node, a server pod srv-NODE (agnhost netexec:
 // HTTP 8080, UDP 8081) and a toolbox pod tb-NODE; it returns their
-// addresses: ips[NODE] is the server's, ips["tb-"+NODE] the toolbox's.
+// addresses: ips[NODE] is the server's, ips["tb-"+NODE] the toolbox's
+// (netshoot: iputils ping, curl and OpenBSD nc, whose -u busybox's lacks).
 func startPairPods(t *testing.T, e *env, nodes []string) map[string]string {
 	t.Helper()
 	for _, n := range nodes {
 		e.runPod(t, "srv-"+n, n, corev1.RestartPolicyAlways, "registry.k8s.io/e2e-test-images/agnhost:2.53",
 			[]string{"netexec", "--http-port=8080", "--udp-port=8081"})
-		e.runPod(t, "tb-"+n, n, corev1.RestartPolicyAlways, "busybox", []string{"sleep", "3600"})
+		e.runPod(t, "tb-"+n, n, corev1.RestartPolicyAlways, "nicolaka/netshoot", []string{"sleep", "3600"})
 	}
 	ips := map[string]string{}
 	for _, n := range nodes {
@@ -99,7 +100,7 @@ func everyPodReachesEveryPod(t *testing.T, e *env, nodes []string, ips map[strin
 		for _, to := range nodes {
 			ip := ips[to]
 			fmt.Fprintf(&script, `echo "%[1]s icmp $(ping -c 2 -W 2 %[2]s >/dev/null 2>&1 && echo ok || echo FAIL)"; `, to, ip)
-			fmt.Fprintf(&script, `echo "%[1]s tcp $(wget -qO- -T 5 http://%[2]s:8080/clientip)"; `, to, ip)
+			fmt.Fprintf(&script, `echo "%[1]s tcp $(curl -s -m 5 http://%[2]s:8080/clientip)"; `, to, ip)
 			fmt.Fprintf(&script, `echo "%[1]s udp $(echo clientip | nc -u -w 2 %[2]s 8081)"; `, to, ip)
 		}
 		out, err := e.podnetctl("lab", "kubectl", "--", "exec", "tb-"+from, "--", "sh", "-c", script.String())

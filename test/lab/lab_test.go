@@ -150,8 +150,8 @@ func TestLab(t *testing.T) {
 		if !strings.HasPrefix(out, "ok\n") || !strings.Contains(out, "podnet_remote_nodes 2") || !strings.Contains(out, "podnet_sync_duration_seconds_count") {
 			t.Errorf("podnetd on node-1: /healthz and /metrics said:\n%s", out)
 		}
-		if st, _ := e.podnetctl("lab", "status"); !strings.Contains(st, "podnetd=running,answering") {
-			t.Errorf("lab status does not show podnetd answering:\n%s", st)
+		if st, _ := e.podnetctl("lab", "status"); strings.Count(st, "=Running,ready,answering") != 3 || !strings.Contains(st, "podnet-") {
+			t.Errorf("lab status does not show the podnet pod on each of the 3 nodes ready and podnetd answering:\n%s", st)
 		}
 	})
 

@@ -174,7 +174,7 @@ func podnetdMTU(t *testing.T, e *env, target string) {
 	}
 	script := `ip -o link show eth0; ping -M do -s 1422 -c 3 -W 2 ` + target + `; echo "fits-rc=$?"; ` +
 		`ping -M do -s 1423 -c 1 -W 2 ` + target + ` 2>&1; echo "too-big-rc=$?"`
-	e.runPod(t, "mtu-probe", "node-2", corev1.RestartPolicyNever, "busybox", []string{"sh", "-c", script})
+	e.runPod(t, "mtu-probe", "node-2", corev1.RestartPolicyNever, "nicolaka/netshoot", []string{"sh", "-c", script})
 	e.waitDone(t, "mtu-probe")
 	out := podLogs(t, e, "mtu-probe")
 	if !strings.Contains(out, "mtu 1450 ") {
@@ -267,11 +267,13 @@ func podnetdDrift(t *testing.T, e *env) {
 	}
 }
 
-// freezeNodeAgents freezes the lab node agent of every machine (their
-// cgroups) until the returned function, or the test's end, thaws them.
+// freezeNodeAgents freezes the kubelet of every machine (their cgroups;
+// the pods' containers live in the kubelet's cgroup root, not in its own
+// group, and go on) until the returned function, or the test's end, thaws
+// them: no Node status update, no lease renewal, so no Node event.
 func freezeNodeAgents(t *testing.T) func() {
 	t.Helper()
-	return freeze(t, "node-agent", lab.ControlPlane, "node-1", "node-2")
+	return freeze(t, "kubelet", lab.ControlPlane, "node-1", "node-2")
 }
 
 // overlayView is what a node holds for one remote node under vxlan.
@@ -314,66 +316,46 @@ func vtepMAC(t *testing.T, e *env, node string) string {
 
 // podnetdRestart: while a pod on node-2 pings a pod on node-1 five times
 // a second and streams lines to another over one TCP connection, podnetd
-// is killed (SIGKILL) on both nodes, twice; the lab's restart loop brings
-// it back. Not one ping may be lost, the TCP connection must carry every
-// line in order without a stall, and the restarted agents must find
-// nothing to change (they adopt the dataplane).
+// is killed (SIGKILL) on both nodes, twice; kubelet restarts its container
+// (the second time after CrashLoopBackOff's 10 s). Not one ping may be
+// lost, the TCP connection must carry every line in order without a stall,
+// and the restarted agents must find nothing to change (they adopt the
+// dataplane).
 func podnetdRestart(t *testing.T, e *env, target string) {
-	e.runPod(t, "stream-server", "node-1", corev1.RestartPolicyNever, "busybox", []string{"sh", "-c",
-		`nc -d -l 9000 | while IFS= read -r l; do echo "$(date +%s.%N) $l"; done`})
-	server := e.waitRunning(t, "stream-server")
-	waitListening(t, e, "stream-server", 9000)
-	const lines = 200
-	e.runPod(t, "pinger", "node-2", corev1.RestartPolicyNever, "busybox", []string{"ping", "-c", "100", "-i", "0.2", target})
-	e.runPod(t, "stream-client", "node-2", corev1.RestartPolicyNever, "busybox", []string{"sh", "-c",
-		fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done | nc -N %s 9000; echo "nc-exit=$?"`, lines, server)})
-	e.waitRunning(t, "pinger")
-	e.waitRunning(t, "stream-client")
-	logBefore := map[string]int{}
-	for _, n := range []string{"node-1", "node-2"} {
-		logBefore[n] = len(podnetdLog(t, e, n))
+	tr := startDeployTraffic(t, e, "restart", target)
+	nodes := []string{"node-1", "node-2"}
+	before := map[string]int{}
+	for _, n := range nodes {
+		before[n] = podnetdRestarts(t, e, n)
 	}
 	time.Sleep(2 * time.Second)
 	for round := 1; round <= 2; round++ {
 		killStart := time.Now()
 		old := map[string]int{}
-		for _, n := range []string{"node-1", "node-2"} {
+		for _, n := range nodes {
 			old[n] = podnetdPID(t, n)
 			if err := syscall.Kill(old[n], syscall.SIGKILL); err != nil {
 				t.Fatalf("kill -9 podnetd (pid %d) on %s: %v", old[n], n, err)
 			}
 		}
-		for _, n := range []string{"node-1", "node-2"} {
+		for _, n := range nodes {
 			pid := waitPodnetdRestarted(t, n, old[n])
 			t.Logf("round %d: podnetd on %s killed (pid %d), running again as pid %d after %s", round, n, old[n], pid, time.Since(killStart).Round(10*time.Millisecond))
 		}
 		time.Sleep(3 * time.Second) // let the new agents sync before the next kill
 	}
-	for _, p := range []string{"pinger", "stream-client", "stream-server"} {
-		waitDoneWithin(t, e, p, 40*time.Second)
-	}
-
-	ping := podLogs(t, e, "pinger")
-	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(ping)
-	if m == nil || m[1] != "100" || m[2] != "100" || strings.Contains(ping, "errors") {
-		t.Errorf("ping from node-2 to %s on node-1 across podnetd restarts lost packets (want 100 of 100):\n%s", target, pingSummary(ping))
-	} else {
-		t.Logf("ping: %s", strings.TrimSpace(pingSummary(ping)))
-	}
-	if out := podLogs(t, e, "stream-client"); !strings.Contains(out, "nc-exit=0") {
-		t.Errorf("the TCP client's connection broke across podnetd restarts:\n%s", out)
-	}
-	checkStream(t, podLogs(t, e, "stream-server"), lines)
+	tr.stopAndCheck(t)
 
 	// The restarted agents adopted the dataplane: nothing to add or remove.
-	for _, n := range []string{"node-1", "node-2"} {
-		after := podnetdLog(t, e, n)[logBefore[n]:]
-		if strings.Count(after, "restarting in 1s") < 2 {
-			t.Errorf("%s: podnetd's log does not show two restarts:\n%s", n, after)
+	for _, n := range nodes {
+		if got := podnetdRestarts(t, e, n); got != before[n]+2 {
+			t.Errorf("%s: the podnet pod's container restarted %d times, want 2", n, got-before[n])
 		}
-		for _, l := range strings.Split(after, "\n") {
-			if strings.Contains(l, "dataplane synced") || strings.Contains(l, "level=ERROR") {
-				t.Errorf("%s: a restarted podnetd changed the dataplane or failed instead of adopting it: %s", n, l)
+		for r := before[n] + 1; r <= before[n]+2; r++ {
+			for _, l := range strings.Split(podnetdContainerLog(t, e, n, r), "\n") {
+				if strings.Contains(l, "dataplane synced") || strings.Contains(l, "level=ERROR") {
+					t.Errorf("%s: a restarted podnetd changed the dataplane or failed instead of adopting it: %s", n, l)
+				}
 			}
 		}
 	}
@@ -418,11 +400,37 @@ func pingSummary(out string) string {
 	return out
 }
 
-// podnetdPID is the pid of the podnetd process itself (not the restart
-// loop's shell around it) in the node's podnetd cgroup.
+// podnetdPID is the pid of podnetd on node: the process of the podnet
+// DaemonSet pod's container, found by its cgroup below the node's kubelet
+// cgroup root.
 func podnetdPID(t *testing.T, node string) int {
 	t.Helper()
-	return componentPID(t, node, "podnetd", "podnetd")
+	pids := podnetdPIDs(node)
+	if len(pids) != 1 {
+		t.Fatalf("%d podnetd processes in %s's pods, want 1: %v", len(pids), node, pids)
+	}
+	return pids[0]
+}
+
+// podnetdPIDs are the podnetd processes in the cgroups of node's pods.
+func podnetdPIDs(node string) []int {
+	var out []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, f := range procs {
+		c, err := os.ReadFile(f)
+		if err != nil || strings.TrimSpace(string(c)) != "podnetd" {
+			continue
+		}
+		dir := filepath.Dir(f)
+		cg, err := os.ReadFile(filepath.Join(dir, "cgroup"))
+		if err != nil || !strings.Contains(string(cg), ":/"+lab.CgroupName+"/"+node+"/kubepods/") {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(dir)); err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // componentPID is the pid of the process named comm in the lab component's
@@ -456,26 +464,63 @@ func componentPIDs(t *testing.T, node, component, comm string) []int {
 	return out
 }
 
+// waitPodnetdRestarted waits for kubelet to run podnetd's container again
+// (CrashLoopBackOff waits 10 s, 20 s, … before the second, third, …
+// restart) and returns the new pid.
 func waitPodnetdRestarted(t *testing.T, node string, old int) int {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if pids := componentPIDs(t, node, "podnetd", "podnetd"); len(pids) == 1 && pids[0] != old {
+		if pids := podnetdPIDs(node); len(pids) == 1 && pids[0] != old {
 			return pids[0]
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("podnetd on %s not restarted within 10s of killing pid %d", node, old)
+	t.Fatalf("podnetd on %s not restarted within 60s of killing pid %d", node, old)
 	return 0
 }
 
-func podnetdLog(t *testing.T, e *env, node string) string {
+// podnetPod is the podnet DaemonSet's pod on node.
+func podnetPod(t *testing.T, e *env, node string) corev1.Pod {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(e.dir, "logs", node+"-podnetd.log"))
+	pods, err := e.client.CoreV1().Pods("kube-system").List(context.Background(), metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/name=podnet", FieldSelector: "spec.nodeName=" + node})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(b)
+	if len(pods.Items) != 1 {
+		t.Fatalf("%d podnet pods on %s, want 1", len(pods.Items), node)
+	}
+	return pods.Items[0]
+}
+
+// podnetdRestarts is how often kubelet restarted podnetd's container on node.
+func podnetdRestarts(t *testing.T, e *env, node string) int {
+	t.Helper()
+	p := podnetPod(t, e, node)
+	for _, c := range p.Status.ContainerStatuses {
+		if c.Name == "podnetd" {
+			return int(c.RestartCount)
+		}
+	}
+	t.Fatalf("the podnet pod on %s has no podnetd container status", node)
+	return 0
+}
+
+// podnetdContainerLog is the log of podnetd's container on node after
+// restart restarts, as kubelet keeps it on the node
+// (/var/log/pods/NS_POD_UID/CONTAINER/RESTART.log): readable while the API
+// server is away, and for a container before the last.
+func podnetdContainerLog(t *testing.T, e *env, node string, restart int) string {
+	t.Helper()
+	return e.onNode(node, fmt.Sprintf("cat /var/log/pods/kube-system_podnet-*/podnetd/%d.log", restart))
+}
+
+// podnetdLog is the log of podnetd's containers on node that kubelet keeps
+// (the current one and the one before), oldest first.
+func podnetdLog(t *testing.T, e *env, node string) string {
+	t.Helper()
+	return e.onNode(node, "for f in $(ls /var/log/pods/kube-system_podnet-*/podnetd/*.log | sort -t/ -k7 -n); do cat $f; done")
 }
 
 // waitListening waits until something in pod listens on TCP port.
@@ -516,10 +561,9 @@ func waitDoneWithin(t *testing.T, e *env, name string, d time.Duration) corev1.P
 
 // podnetdNodeDeletion: deleting node-2's Node object makes node-1 drop its
 // route, neighbour and FDB entry for node-2 at once (an informer event, not
-// the next resync). The lab node agent registers its Node only when it
-// starts, as kubelet does, so node-2 stays away and node-1 must keep its
-// state gone through a full resync. Then node-2 "reboots" (its node agent is
-// killed and restarted) and registers anew — with another pod subnet, as
+// the next resync). Kubelet registers its Node only when it starts, so node-2 stays away and node-1 must keep its
+// state gone through a full resync. Then node-2 "reboots" (its kubelet is
+// killed and restarted by the lab) and registers anew — with another pod subnet, as
 // node IPAM does not hand a released subnet out again at once — and node-2
 // must come back whole: its facts published again, its pods in the new
 // subnet, routed from node-1.
@@ -560,11 +604,11 @@ func podnetdNodeDeletion(t *testing.T, e *env, target string) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	t.Logf("node-2's Node stayed deleted for %s (the lab node agent registers only at start); node-1 kept no state for it", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("node-2's Node stayed deleted for %s (kubelet registers only at start); node-1 kept no state for it", time.Since(start).Round(100*time.Millisecond))
 
-	old := componentPID(t, "node-2", "node-agent", "podnetctl")
+	old := faultMainPID(t, "node-2", "kubelet", "kubelet")
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill node-2's node agent (pid %d): %v", old, err)
+		t.Fatalf("kill node-2's kubelet (pid %d): %v", old, err)
 	}
 	podnetdNodeBack(t, e, target)
 }
@@ -598,8 +642,8 @@ func podnetdNodeBack(t *testing.T, e *env, target string) {
 		if len(problems) == 0 {
 			break
 		}
-		if time.Since(start) > 20*time.Second {
-			t.Fatalf("20s after node-2 came back:\n%s", strings.Join(problems, "\n"))
+		if time.Since(start) > 60*time.Second { // kubelet restarted, the DaemonSet's pod made anew
+			t.Fatalf("60s after node-2 came back:\n%s", strings.Join(problems, "\n"))
 		}
 		time.Sleep(300 * time.Millisecond)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -332,11 +333,12 @@ func proxyStaysOnMachines(t *testing.T, e *env, proxy lab.ServiceProxy, machines
 			t.Errorf("the host has a table ip %s:\n%s", table, out)
 		}
 	}
-	want := "podnetd=running,answering"
+	// podnet-xxxxx=Running,ready,answering (or kube-proxy-xxxxx=…) per node.
+	want := regexp.MustCompile(`\bpodnet-[a-z0-9]{5}=Running,ready,answering\b`)
 	if proxy == lab.ServiceProxyKubeProxy {
-		want = "kube-proxy=running,answering"
+		want = regexp.MustCompile(`\bkube-proxy-[a-z0-9]{5}=Running,ready,answering\b`)
 	}
-	if st, _ := e.podnetctl("lab", "status"); strings.Count(st, want) != len(machines) {
+	if st, _ := e.podnetctl("lab", "status"); len(want.FindAllString(st, -1)) != len(machines) {
 		t.Errorf("lab status does not show %s on every machine:\n%s", want, st)
 	}
 }

@@ -107,7 +107,10 @@ var rootFiles = []file{
 // prefers its own applets: `sh -c "ip ..."` would never run iproute2's ip).
 // Built the same for every image, it is one blob the registry and the nodes
 // keep once.
-var userland = layer{Busybox: "busybox", Files: rootFiles}
+// libgcc_s is there too, though no program names it: glibc loads it when
+// a thread exits or is cancelled (without it Apache's workers abort with
+// "libgcc_s.so.1 must be installed for pthread_exit to work").
+var userland = layer{Busybox: "busybox", Packages: []pkg{{Name: "libgcc-s1", Only: []string{"lib/*/libgcc_s.so.1", "usr/lib/*/libgcc_s.so.1"}}}, Files: rootFiles}
 
 // glibc is what a layer of Debian programs needs besides their libraries.
 var glibc = []file{
