@@ -95,7 +95,9 @@ func hostGWRefusesFar(t *testing.T, e *env) {
 	}
 	e.runPod(t, "far-srv", "node-3", corev1.RestartPolicyAlways, "httpd", nil)
 	ip := e.waitRunning(t, "far-srv")
-	e.runPod(t, "far-ping", "node-1", corev1.RestartPolicyNever, "busybox", []string{"ping", "-c", "1", "-W", "5", ip})
+	// iputils' ping (netshoot) prints the ICMP errors it gets; busybox's
+	// does not.
+	e.runPod(t, "far-ping", "node-1", corev1.RestartPolicyNever, "nicolaka/netshoot", []string{"ping", "-c", "1", "-W", "5", ip})
 	start := time.Now()
 	if phase := e.waitDone(t, "far-ping"); phase != corev1.PodFailed {
 		t.Fatalf("a pod on node-1 pinged node-3's pod %s under host-gw across segments (phase %s)", ip, phase)

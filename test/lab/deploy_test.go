@@ -35,7 +35,7 @@ func TestLabDeploy(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("lab test: needs root")
 	}
-	e := upLab(t, "--runtime", "containerd")
+	e := upLab(t)
 	img, err := lab.PodnetImage()
 	if err != nil {
 		t.Fatal(err)

@@ -21,7 +21,8 @@ import (
 // podnetd) and cluster DNS (CoreDNS behind kube-dns, 10.96.0.10):
 // names resolve from a pod as seed 001 shows them, a Service's name
 // reaches its backend, and nothing of the proxy lands on the host. The
-// node agent's volumes, which CoreDNS needs, are checked on the same lab.
+// kubelet's volumes (the lab's nodes are real: this checks the lab, not
+// kubelet) are checked on the same lab.
 func TestLabDNS(t *testing.T) {
 	if testing.Short() || os.Geteuid() != 0 {
 		t.Skip("lab test: needs root")
@@ -91,16 +92,22 @@ func (e *env) exec(pod string, argv ...string) (string, error) {
 	return e.podnetctl(append([]string{"lab", "kubectl", "--", "exec", pod, "--"}, argv...)...)
 }
 
-// expectLookup runs `nslookup NAME` in the client pod (which applies its
-// search path) until the answer's addresses are want, for a while:
-// CoreDNS learns new Services and endpoints from its watch.
+// expectLookup runs `nslookup NAME` in the client pod (netshoot: bind9's
+// nslookup applies the search path) until the answer's addresses are want,
+// for a while: CoreDNS learns new Services and endpoints from its watch.
 func (e *env) expectLookup(t *testing.T, name string, want ...string) {
+	t.Helper()
+	e.expectLookupFrom(t, "client", name, want...)
+}
+
+// expectLookupFrom is expectLookup from another pod.
+func (e *env) expectLookupFrom(t *testing.T, pod, name string, want ...string) {
 	t.Helper()
 	slices.Sort(want)
 	var out string
 	var err error
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-		out, err = e.exec("client", "nslookup", name)
+		out, err = e.exec(pod, "nslookup", name)
 		got := answerAddrs(out)
 		slices.Sort(got)
 		if err == nil && slices.Equal(got, want) {

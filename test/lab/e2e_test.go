@@ -37,7 +37,7 @@ func TestLabUpstreamE2ESubset(t *testing.T) {
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("%s missing: run `make e2e-bin` (make test does)", bin)
 	}
-	e := upLab(t, "--runtime", "containerd")
+	e := upLab(t)
 	var quoted []string
 	for _, s := range e2eSubset {
 		quoted = append(quoted, regexp.QuoteMeta(s))

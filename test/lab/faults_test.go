@@ -47,7 +47,7 @@ func TestLabFaults(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("lab test: needs root")
 	}
-	e := upLab(t, "--runtime", "containerd")
+	e := upLab(t)
 	e.runServer(t, "web", "node-1", nil)
 	webIP := waitReady(t, e, "web", 90*time.Second)
 	e.runPod(t, "peer", "node-2", corev1.RestartPolicyAlways, "busybox", []string{"sleep", "3600"})

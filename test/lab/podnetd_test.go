@@ -211,9 +211,9 @@ func podnetdDrift(t *testing.T, e *env) {
 	if v := view(); !v.complete("192.168.56.11") {
 		t.Fatalf("before the drift, node-2 lacks podnet's state for node-1:\n%s", v.raw)
 	}
-	// Every Node update makes podnetd sync, and the node agents update
-	// their Nodes every 10 s: frozen, they leave the resync timer alone to
-	// find the drift.
+	// Every Node update makes podnetd sync, and kubelets update their
+	// Nodes' status: frozen, they leave the resync timer alone to find the
+	// drift.
 	thaw := freezeNodeAgents(t)
 	e.onNode("node-2", "ip route del 10.244.1.0/24 && ip neigh del 10.244.1.0 dev podnet.1 && bridge fdb del "+mac+" dev podnet.1 dst 192.168.56.11")
 	start := time.Now()
@@ -561,12 +561,13 @@ func waitDoneWithin(t *testing.T, e *env, name string, d time.Duration) corev1.P
 
 // podnetdNodeDeletion: deleting node-2's Node object makes node-1 drop its
 // route, neighbour and FDB entry for node-2 at once (an informer event, not
-// the next resync). Kubelet registers its Node only when it starts, so node-2 stays away and node-1 must keep its
-// state gone through a full resync. Then node-2 "reboots" (its kubelet is
-// killed and restarted by the lab) and registers anew — with another pod subnet, as
-// node IPAM does not hand a released subnet out again at once — and node-2
-// must come back whole: its facts published again, its pods in the new
-// subnet, routed from node-1.
+// the next resync). Kubelet registers its Node only when it starts, so
+// node-2 stays away and node-1 must keep its state gone through a full
+// resync. Then node-2 "reboots" (its kubelet is killed and restarted by the
+// lab) and registers anew, with whatever pod subnet node IPAM gives it (the
+// same one, here, or another), and node-2 must come back whole: its facts
+// published again, the DaemonSet's podnet pod running there again, its
+// pods in its subnet, routed from node-1.
 func podnetdNodeDeletion(t *testing.T, e *env, target string) {
 	ctx := context.Background()
 	mac := vtepMAC(t, e, "node-2")

@@ -29,7 +29,7 @@ func TestLabRealNodes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("lab test: needs root")
 	}
-	e := upLab(t, "--runtime", "containerd")
+	e := upLab(t)
 	ctx := context.Background()
 	c := e.client
 
@@ -212,7 +212,7 @@ func TestLabRealNodesKubeProxy(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("lab test: needs root")
 	}
-	e := upLab(t, "--runtime", "containerd", "--service-proxy", "kube-proxy")
+	e := upLab(t, "--service-proxy", "kube-proxy")
 	var out string
 	waitFor(t, 60*time.Second, "kube-proxy Running on every node", func() (bool, string) {
 		var err error

@@ -65,7 +65,7 @@ func copyFile(t *testing.T, from, to string) {
 }
 
 // TestLabResilience: a second `up` refuses; with the API server frozen the
-// pods keep running and serving, and when it returns the node agents
+// pods keep running and serving, and when it returns the kubelets
 // reconnect (a new pod starts, the nodes stay Ready).
 func TestLabResilience(t *testing.T) {
 	if os.Geteuid() != 0 {

@@ -54,7 +54,12 @@ func services(t *testing.T, proxy lab.ServiceProxy) {
 		webIPs[name] = e.waitReady(t, name)
 	}
 	e.runPod(t, "client", "node-3", corev1.RestartPolicyAlways, "busybox", []string{"sleep", "3600"})
+	// UDP needs nc -u, which busybox's (Debian's build) lacks, and short
+	// names a resolver that applies the search path: netshoot's OpenBSD
+	// nc and bind9 nslookup.
+	e.runPod(t, "tools", "node-3", corev1.RestartPolicyAlways, "nicolaka/netshoot", []string{"sleep", "3600"})
 	e.waitRunning(t, "client")
+	e.waitRunning(t, "tools")
 	web := e.service(t, "web", map[string]string{"app": "web"}, func(s *corev1.ServiceSpec) { s.Type = corev1.ServiceTypeNodePort })
 	cip := web.Spec.ClusterIP
 	np := web.Spec.Ports[0].NodePort
@@ -81,7 +86,7 @@ func services(t *testing.T, proxy lab.ServiceProxy) {
 		// nc from one fixed source port: every datagram belongs to one
 		// conntrack flow, pinned to one backend.
 		ask := func() string {
-			out, _ := e.exec("client", "sh", "-c", "echo hostname | nc -u -w 1 -p 40000 "+cip+" 81")
+			out, _ := e.exec("tools", "sh", "-c", "echo hostname | nc -u -w 1 -p 40000 "+cip+" 81")
 			return strings.TrimSpace(out)
 		}
 		first := ask()
@@ -223,7 +228,7 @@ func services(t *testing.T, proxy lab.ServiceProxy) {
 			out, _ := e.podnetctl("lab", "kubectl", "--", "get", "endpoints", "broken")
 			return strings.Contains(out, "<none>"), out
 		})
-		e.expectLookup(t, "broken", broken.Spec.ClusterIP) // DNS is fine: the name is not the problem
+		e.expectLookupFrom(t, "tools", "broken", broken.Spec.ClusterIP) // DNS is fine: the name is not the problem
 		start := time.Now()
 		out, err := e.exec("client", "wget", "-O-", "-T", "5", "http://broken/hostname")
 		if took := time.Since(start); err == nil || !strings.Contains(out, "refused") || took > 2*time.Second {

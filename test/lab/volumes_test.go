@@ -10,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// volumes checks the node agent's volumes end to end: a Secret and a
+// volumes checks the lab nodes' volumes end to end: a Secret and a
 // ConfigMap (items, subPath) read with the node's own credentials, the
 // downward API, an emptyDir shared by two containers, the service account
 // token, read-only mounts, and mount points under / and /etc that appear
