@@ -5,7 +5,7 @@ import (
 )
 
 // Manifest is deploy/podnet.yaml: what `kubectl apply -f` installs, and
-// what `podnetctl lab up --runtime containerd` applies to the lab.
+// what `podnetctl lab up` applies to the lab.
 //
 //go:embed podnet.yaml
 var Manifest []byte

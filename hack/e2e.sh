@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make e2e: the upstream judges of a Kubernetes network against the lab on
 # the real node software. Brings a lab up (podnet installed from its
-# manifest and image; --runtime containerd), runs the e2e.test binary of the
+# manifest and image), runs the e2e.test binary of the
 # lab's Kubernetes version with a focus (default: sig-network Conformance),
 # prints the passed/failed counts and the wall time, and takes the lab down
 # again, also on failure or interrupt.
@@ -22,7 +22,7 @@ export PODNET_LAB_DIR=$DIR
 cleanup() { bin/podnetctl lab down >/dev/null 2>&1 || true; }
 trap cleanup EXIT INT TERM
 start=$(date +%s)
-bin/podnetctl lab up --runtime containerd --workers 2
+bin/podnetctl lab up --workers 2
 KUBECONFIG=$(bin/podnetctl lab kubeconfig)
 export KUBECONFIG PATH="$K8S:$PATH"
 set +e

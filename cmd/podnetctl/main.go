@@ -21,8 +21,10 @@ import (
 const usage = `podnetctl — podnet's command line
 
   podnetctl lab up [--workers N] [--far-workers N] [--backend vxlan|host-gw|hybrid]
-                   [--service-proxy podnet|kube-proxy|none] [--runtime containerd|lab-agent]
-                                   build a Kubernetes cluster of network namespaces on this machine;
+                   [--service-proxy podnet|kube-proxy|none]
+                                   build a Kubernetes cluster of network namespaces on this machine, each
+                                   node the real kubelet, containerd and runc, podnet installed from its
+                                   manifest as a DaemonSet;
                                    with a service proxy (default podnet's own, in podnetd) it also runs
                                    the cluster DNS: CoreDNS behind the kube-dns Service, 10.96.0.10
   podnetctl lab down               remove everything the lab made (safe to run twice, and after a crash)
@@ -59,19 +61,12 @@ func run(args []string) error {
 		return fmt.Errorf("unknown command %q", args)
 	}
 	verb, rest := args[1], args[2:]
-	switch verb {
-	case "node-agent":
-		return runNodeAgent(rest)
-	case "run-builtin":
-		return runBuiltin(rest)
-	}
 	fs := flag.NewFlagSet("podnetctl lab "+verb, flag.ContinueOnError)
 	dir := fs.String("dir", envOr("PODNET_LAB_DIR", lab.DefaultStateDir), "lab state directory")
 	k8sDir := fs.String("k8s-dir", envOr("PODNET_K8S_DIR", lab.DefaultK8sDir()), "directory of the Kubernetes binaries")
 	workers := fs.Int("workers", 2, "number of worker nodes")
 	far := fs.Int("far-workers", 0, "put the last N workers on a second underlay segment, 192.168.57.0/24, behind a router (for hybrid)")
 	backend := fs.String("backend", "vxlan", "cross-node backend: vxlan, host-gw or hybrid")
-	runtime := fs.String("runtime", string(lab.DefaultRuntime), "what runs the nodes' pods: containerd (the real kubelet, containerd and runc, images from the lab registry) or lab-agent (podnet's stand-in for them)")
 	proxy := fs.String("service-proxy", string(lab.DefaultServiceProxy), "what implements Services on the nodes: podnet (podnetd's own proxy), kube-proxy (the real one, nftables mode) or none (and then no cluster DNS)")
 	if err := fs.Parse(rest); err != nil {
 		return err
@@ -82,11 +77,7 @@ func run(args []string) error {
 	}
 	switch verb {
 	case "up":
-		rt, err := lab.ParseRuntime(*runtime)
-		if err != nil {
-			return err
-		}
-		return labUp(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir, Runtime: rt}, *proxy)
+		return labUp(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir}, *proxy)
 	case "down":
 		return lab.Down(*dir)
 	case "status":
@@ -109,12 +100,8 @@ func run(args []string) error {
 		if len(rest) == 0 {
 			return errors.New("usage: podnetctl lab load-image ARCHIVE.tar ... (OCI image archives, as `docker save` or `ctr images export` write them)")
 		}
-		st, ok, err := lab.LoadState(*dir)
-		if err != nil || !ok {
+		if _, ok, err := lab.LoadState(*dir); err != nil || !ok {
 			return orNoLab(err)
-		}
-		if lab.Runtime(st.Runtime) != lab.RuntimeContainerd {
-			return errors.New("this lab runs podnet's stand-in node agent, which has no image store: `podnetctl lab up --runtime containerd` for real images")
 		}
 		for _, a := range rest {
 			n, err := lab.LoadImages(context.Background(), a)
@@ -167,7 +154,7 @@ func labUp(opts lab.Options, proxy string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	self, _ := os.Executable()
-	opts.ServiceProxy, opts.PluginDir, opts.NodeAgent, opts.Out = sp, filepath.Dir(self), []string{self, "lab", "node-agent"}, os.Stdout
+	opts.ServiceProxy, opts.PluginDir, opts.Out = sp, filepath.Dir(self), os.Stdout
 	opts.RefPluginDir = envOr("PODNET_REF_CNI_DIR", "/var/cache/podnet/cni-plugins/v1.9.1")
 	l := lab.New(opts)
 	if err := l.Up(ctx); err != nil {
@@ -196,7 +183,7 @@ func nodeRebuild(dir, name string) error {
 	}
 	self, _ := os.Executable()
 	l := lab.New(lab.Options{Dir: dir, K8sDir: st.K8sDir, Backend: st.Backend, ServiceProxy: proxy,
-		Runtime: lab.Runtime(st.Runtime), RuntimeDir: st.RuntimeDir, PluginDir: filepath.Dir(self), NodeAgent: []string{self, "lab", "node-agent"},
+		RuntimeDir: st.RuntimeDir, PluginDir: filepath.Dir(self),
 		RefPluginDir: envOr("PODNET_REF_CNI_DIR", "/var/cache/podnet/cni-plugins/v1.9.1"), Out: os.Stdout})
 	return l.RebuildMachine(ctx, name)
 }

@@ -24,9 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
-	"github.com/podnet/podnet/pkg/lab/images"
 	"github.com/podnet/podnet/pkg/lab/machine"
-	"github.com/podnet/podnet/pkg/lab/nodeagent"
+	"github.com/podnet/podnet/pkg/lab/imageset"
 )
 
 // coreDNSManifest is the lab's cluster DNS add-on (a template: see
@@ -37,13 +36,13 @@ var coreDNSManifest string
 
 // The cluster DNS.
 const (
-	ClusterDomain = nodeagent.ClusterDomain
+	ClusterDomain = "cluster.local"
 	// DNSReplicas is how many CoreDNS pods run (kubeadm's two; the control
 	// plane is tolerated, so one worker is enough for both).
 	DNSReplicas = 2
 	// CoreDNSImage is the image the Deployment names; the lab runs the
 	// CoreDNS that hack/coredns.sh built for it.
-	CoreDNSImage = "registry.k8s.io/coredns/coredns:" + images.CoreDNSVersion
+	CoreDNSImage = "registry.k8s.io/coredns/coredns:" + imageset.CoreDNSVersion
 )
 
 // coreDNSObjects renders the add-on and decodes its objects.

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/pkg/lab/cgroup"
-	"github.com/podnet/podnet/pkg/lab/images"
+	"github.com/podnet/podnet/pkg/lab/imageset"
 	"github.com/podnet/podnet/pkg/lab/machine"
 	"github.com/podnet/podnet/pkg/lab/pki"
 )
@@ -36,25 +36,22 @@ type Options struct {
 	// K8sDir holds kube-apiserver, kube-controller-manager, kube-scheduler
 	// and kubectl of one version (hack/k8s.sh builds them).
 	K8sDir string
-	// PluginDir holds the podnet CNI plugin, RefPluginDir the reference
-	// plugins (portmap, loopback, …); every node gets both in /opt/cni/bin.
+	// PluginDir holds podnet's binaries (the podnet image is made of
+	// them), RefPluginDir the reference plugins (portmap, loopback, …),
+	// which every node gets in /opt/cni/bin.
 	PluginDir    string
 	RefPluginDir string
-	// NodeAgent is the argv prefix that runs the lab node agent.
-	NodeAgent []string
 	// ServiceProxy implements Services on every machine (empty:
 	// DefaultServiceProxy); with one, the lab also runs the cluster DNS.
 	ServiceProxy ServiceProxy
 	// CoreDNSDir holds the coredns binary hack/coredns.sh builds (empty:
-	// images.CoreDNSDir()).
+	// imageset.CoreDNSDir()).
 	CoreDNSDir string
-	// Runtime runs the nodes' pods (empty: DefaultRuntime).
-	Runtime Runtime
 	// RuntimeDir holds containerd, containerd-shim-runc-v2, ctr, crictl
 	// and the registry (empty: DefaultRuntimeDir()).
 	RuntimeDir string
 	// ImageArchives are OCI image archives whose images the lab registry
-	// serves (with RuntimeContainerd).
+	// serves.
 	ImageArchives []string
 	// ImageCacheDir is where the lab's images are built once per machine
 	// (empty: imageset.DefaultCacheDir).
@@ -78,12 +75,11 @@ func New(opts Options) *Lab {
 		opts.Out = io.Discard
 	}
 	opts.ServiceProxy = opts.ServiceProxy.orDefault()
-	opts.Runtime = opts.Runtime.orDefault()
 	if opts.RuntimeDir == "" {
 		opts.RuntimeDir = DefaultRuntimeDir()
 	}
 	if opts.CoreDNSDir == "" {
-		opts.CoreDNSDir = images.CoreDNSDir()
+		opts.CoreDNSDir = imageset.CoreDNSDir()
 	}
 	return &Lab{opts: opts, dir: opts.Dir}
 }
@@ -145,9 +141,7 @@ func (l *Lab) preflight() error {
 			missing = append(missing, "coredns in "+l.opts.CoreDNSDir+" (make coredns builds it; or --service-proxy none)")
 		}
 	}
-	if l.opts.Runtime == RuntimeContainerd {
-		missing = append(missing, l.runtimeMissing()...)
-	}
+	missing = append(missing, l.runtimeMissing()...)
 	for _, bin := range []string{"podnet", "podnetd"} {
 		if _, err := os.Stat(filepath.Join(l.opts.PluginDir, bin)); err != nil {
 			missing = append(missing, bin+" in "+l.opts.PluginDir+" (make build)")
@@ -173,7 +167,7 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 			st.Phase, st.Created.Format(time.RFC3339))
 	}
 	start := time.Now()
-	st := State{Created: start.UTC(), Backend: l.opts.Backend, ServiceProxy: string(l.opts.ServiceProxy), Runtime: string(l.opts.Runtime), RuntimeDir: l.opts.RuntimeDir,
+	st := State{Created: start.UTC(), Backend: l.opts.Backend, ServiceProxy: string(l.opts.ServiceProxy), RuntimeDir: l.opts.RuntimeDir,
 		Machines: Machines(l.opts.Workers, l.opts.FarWorkers), K8sDir: l.opts.K8sDir, Phase: "building"}
 	for _, d := range []string{l.dir, l.LogDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -196,10 +190,8 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 			}
 		}
 	}()
-	if l.opts.Runtime == RuntimeContainerd {
-		if err := l.buildImages(ctx); err != nil {
-			return err
-		}
+	if err := l.buildImages(ctx); err != nil {
+		return err
 	}
 	if err := l.buildNetwork(st.Machines); err != nil {
 		return err
@@ -216,14 +208,12 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	if l.opts.Runtime == RuntimeContainerd {
-		if err := l.installPodnet(ctx, st.Machines); err != nil {
+	if err := l.installPodnet(ctx, st.Machines); err != nil {
+		return err
+	}
+	if l.opts.ServiceProxy == ServiceProxyKubeProxy {
+		if err := l.installKubeProxy(ctx, st.Machines); err != nil {
 			return err
-		}
-		if l.opts.ServiceProxy == ServiceProxyKubeProxy {
-			if err := l.installKubeProxy(ctx, st.Machines); err != nil {
-				return err
-			}
 		}
 	}
 	if err := l.waitNodesReady(ctx, st.Machines, 60*time.Second); err != nil {
@@ -288,13 +278,11 @@ func (l *Lab) startControlPlane(ctx context.Context, start time.Time) (*pki.Bund
 			return nil, err
 		}
 	}
-	if l.opts.Runtime == RuntimeContainerd {
-		if err := l.startRegistry(ctx); err != nil {
-			return nil, err
-		}
+	if err := l.startRegistry(ctx); err != nil {
+		return nil, err
 	}
 	l.say("control plane: %s ready after %s", APIServer(), time.Since(start).Round(100*time.Millisecond))
-	return bundle, l.applyRBAC(ctx)
+	return bundle, nil
 }
 
 // startDNS deploys the cluster DNS when a service proxy runs, and waits
@@ -319,7 +307,7 @@ func (l *Lab) startDNS(ctx context.Context, machines []MachineSpec, start time.T
 		l.say("cluster DNS: no answer %s: that machine cannot reach the CoreDNS pods", u)
 	}
 	l.say("services: %s on every machine; cluster DNS: CoreDNS %s (%d pods) behind kube-dns %s answering after %s",
-		l.opts.ServiceProxy, images.CoreDNSVersion, DNSReplicas, DNSServiceIP, time.Since(start).Round(100*time.Millisecond))
+		l.opts.ServiceProxy, imageset.CoreDNSVersion, DNSReplicas, DNSServiceIP, time.Since(start).Round(100*time.Millisecond))
 	return nil
 }
 

@@ -15,25 +15,20 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/podnet/podnet/pkg/lab/images"
 	"github.com/podnet/podnet/pkg/lab/machine"
-	"github.com/podnet/podnet/pkg/lab/nodeagent"
 	"github.com/podnet/podnet/pkg/lab/pki"
 )
 
 // nodePlugins are the CNI plugins every node gets in /opt/cni/bin.
 var nodePlugins = []string{"portmap", "loopback", "bandwidth", "tuning", "firewall", "host-local", "bridge"}
 
-// startNode installs the CNI plugins on a machine and starts podnetd, the
-// service proxy and the node software: kubelet and containerd, or the lab
-// agent.
+// startNode installs the reference CNI plugins on a machine and starts
+// its node software, containerd and kubelet. podnet comes as users
+// install it: its DaemonSet's init container puts the plugin in place and
+// podnetd writes the CNI config (installPodnet); kube-proxy, when chosen,
+// is a DaemonSet too.
 func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
-	// With the real node software podnet comes as users install it: its
-	// DaemonSet's init container puts the plugin in place (installPodnet).
 	var srcs []string
-	if l.opts.Runtime != RuntimeContainerd {
-		srcs = append(srcs, filepath.Join(l.opts.PluginDir, "podnet"))
-	}
 	for _, p := range nodePlugins {
 		srcs = append(srcs, filepath.Join(l.opts.RefPluginDir, p))
 	}
@@ -43,51 +38,7 @@ func (l *Lab) startNode(b *pki.Bundle, ms MachineSpec) error {
 	if out, err := install.CombinedOutput(); err != nil {
 		return fmt.Errorf("install CNI plugins on %s: %w: %s", ms.Name, err, out)
 	}
-	kc, err := b.NodeKubeconfig(ms.Name)
-	if err != nil {
-		return err
-	}
-	cert, key, err := b.NodeServingCert(ms.Name, []netip.Addr{ms.IP})
-	if err != nil {
-		return err
-	}
-	if l.opts.Runtime == RuntimeContainerd { // kube-proxy too is a DaemonSet then
-		return l.startKubeNode(b, ms)
-	}
-	// podnetd writes the node's CNI config and programs the routes to the
-	// other nodes; the agent waits for that config, as kubelet does.
-	pkc, err := b.PodnetdKubeconfig(ms.Name)
-	if err != nil {
-		return err
-	}
-	if err := l.start(component{Machine: ms.Name, Name: "podnetd", Argv: l.podnetdArgv(pkc, ms)}); err != nil {
-		return err
-	}
-	if err := l.startServiceProxy(b, ms); err != nil {
-		return err
-	}
-	argv := append(append([]string{}, l.opts.NodeAgent...), "--node", ms.Name, "--ip", ms.IP.String(), "--kubeconfig", kc,
-		"--tls-cert", cert, "--tls-key", key, "--client-ca", b.Path(pki.CACert), "--write-cni-config=false")
-	if ms.ControlPlane {
-		argv = append(argv, "--control-plane")
-	}
-	// The agent runs CoreDNS images with the binary of CoreDNSDir.
-	return l.start(component{Machine: ms.Name, Name: "node-agent", Argv: argv,
-		Env: []string{images.CoreDNSDirEnv + "=" + l.opts.CoreDNSDir}})
-}
-
-// startServiceProxy starts kube-proxy on the machine when the lab runs it.
-func (l *Lab) startServiceProxy(b *pki.Bundle, ms MachineSpec) error {
-	proxies, err := l.serviceProxyComponents(b, ms)
-	if err != nil {
-		return err
-	}
-	for _, c := range proxies {
-		if err := l.start(c); err != nil {
-			return err
-		}
-	}
-	return nil
+	return l.startKubeNode(b, ms)
 }
 
 // Client is a Kubernetes client with the lab's admin credentials.
@@ -101,7 +52,7 @@ func (l *Lab) Client() (kubernetes.Interface, error) {
 
 // createNodes creates every machine's Node with its pod subnet, the i-th
 // machine 10.244.i.0/24 (seed 003: controlplane .0, node-N .N), before any
-// node agent registers. kube-controller-manager's node IPAM takes subnets
+// kubelet registers (it takes the Node over, as kubeadm's pre-made ones). kube-controller-manager's node IPAM takes subnets
 // already set on Nodes as allocated; left to itself, its parallel workers
 // hand them out in no fixed order. A Node deleted and registered again
 // later gets whatever subnet node IPAM allocates, as on a real cluster.
@@ -115,13 +66,30 @@ func (l *Lab) createNodes(ctx context.Context, ms []MachineSpec) error {
 		if err != nil {
 			return err
 		}
-		n := nodeagent.NodeObject(m.Name, m.ControlPlane)
+		n := nodeObject(m.Name, m.ControlPlane)
 		n.Spec.PodCIDR, n.Spec.PodCIDRs = subnet.String(), []string{subnet.String()}
 		if _, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("create node %s with pod subnet %s: %w", m.Name, subnet, err)
 		}
 	}
 	return nil
+}
+
+// ControlPlaneTaint keeps ordinary pods off the control plane's node, as
+// kubeadm's taint does.
+const ControlPlaneTaint = "node-role.kubernetes.io/control-plane"
+
+// nodeObject is a machine's Node as the lab makes it before kubelet
+// registers: the labels kubelet sets itself, and the control plane's taint
+// (which kubelet, registering an existing Node, leaves in place).
+func nodeObject(name string, controlPlane bool) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+	}}}
+	if controlPlane {
+		n.Spec.Taints = []corev1.Taint{{Key: ControlPlaneTaint, Effect: corev1.TaintEffectNoSchedule}}
+	}
+	return n
 }
 
 // nodeSubnet is the i-th /24 of the cluster CIDR.

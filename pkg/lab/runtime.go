@@ -19,39 +19,6 @@ import (
 	"github.com/podnet/podnet/pkg/lab/pki"
 )
 
-// Runtime says what runs the pods of the lab's nodes.
-type Runtime string
-
-const (
-	// RuntimeContainerd is the real thing: kubelet, containerd and
-	// Debian's runc on every machine, with images from the lab registry.
-	RuntimeContainerd Runtime = "containerd"
-	// RuntimeLabAgent is podnet's stand-in for kubelet and containerd
-	// (package nodeagent), running emulated images.
-	RuntimeLabAgent Runtime = "lab-agent"
-)
-
-// DefaultRuntime is what `lab up` runs when not told.
-const DefaultRuntime = RuntimeContainerd
-
-// ParseRuntime checks a --runtime value.
-func ParseRuntime(s string) (Runtime, error) {
-	switch r := Runtime(s); r {
-	case RuntimeContainerd, RuntimeLabAgent:
-		return r, nil
-	case "":
-		return DefaultRuntime, nil
-	}
-	return "", fmt.Errorf("--runtime %q: use containerd (the real kubelet, containerd and runc) or lab-agent (podnet's stand-in)", s)
-}
-
-func (r Runtime) orDefault() Runtime {
-	if r == "" {
-		return DefaultRuntime
-	}
-	return r
-}
-
 // RuntimeVersion is the containerd version hack/runtime.sh builds.
 const RuntimeVersion = "v2.4.2"
 
@@ -87,7 +54,7 @@ func (l *Lab) kubeNode(b *pki.Bundle, ms MachineSpec) (kubenode.Node, error) {
 	return kubenode.Node{Name: ms.Name, IP: ms.IP, ControlPlane: ms.ControlPlane,
 		Kubeconfig: kc, ServingCert: cert, ServingKey: key, ClientCA: b.Path(pki.CACert),
 		CgroupRoot: "/" + machineCgroup(ms.Name), Registry: RegistryAddr(),
-		ClusterDNS: DNSServiceIP, ClusterDomain: "cluster.local"}, nil
+		ClusterDNS: DNSServiceIP, ClusterDomain: ClusterDomain}, nil
 }
 
 // startKubeNode writes a machine's containerd and kubelet configuration,

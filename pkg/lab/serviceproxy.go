@@ -3,10 +3,7 @@ package lab
 import (
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"strings"
-
-	"github.com/podnet/podnet/pkg/lab/pki"
 )
 
 // ServiceProxy is what implements Services (ClusterIPs, NodePorts) on the
@@ -67,22 +64,6 @@ const (
 	kubeProxyHealthPort  = 10256
 )
 
-// serviceProxyComponents are the processes the service proxy runs on a
-// machine.
-func (l *Lab) serviceProxyComponents(b *pki.Bundle, ms MachineSpec) ([]component, error) {
-	switch l.opts.ServiceProxy.orDefault() {
-	case ServiceProxyNone, ServiceProxyPodnet: // podnet's runs in podnetd (see podnetdArgv)
-		return nil, nil
-	case ServiceProxyKubeProxy:
-		kc, err := b.KubeProxyKubeconfig()
-		if err != nil {
-			return nil, err
-		}
-		return []component{{Machine: ms.Name, Name: "kube-proxy", Argv: KubeProxyArgv(filepath.Join(l.opts.K8sDir, "kube-proxy"), kc, ms)}}, nil
-	}
-	return nil, fmt.Errorf("service proxy %q: unknown", l.opts.ServiceProxy)
-}
-
 // KubeProxyArgv runs kube-proxy for one machine. It leaves the host's
 // global conntrack settings alone (--conntrack-max-per-core=0: the table
 // size and hash size are the host's, and a network namespace may not
@@ -101,16 +82,4 @@ func KubeProxyArgv(bin, kubeconfig string, ms MachineSpec) []string {
 		"--conntrack-max-per-core=0",
 		"--oom-score-adj=0", // not -999: a lab process has no claim over the host's
 	}
-}
-
-// podnetdArgv runs podnetd for one machine: its Service proxy on when the
-// lab's service proxy is podnet's (NodePorts on the machine's address, as
-// kube-proxy's are), off otherwise (podnetd then deletes its proxy table).
-func (l *Lab) podnetdArgv(kubeconfig string, ms MachineSpec) []string {
-	argv := []string{filepath.Join(l.opts.PluginDir, "podnetd"), "--node", ms.Name, "--kubeconfig", kubeconfig,
-		"--backend", l.opts.Backend, "--cluster-cidr", ClusterCIDR.String()}
-	if l.opts.ServiceProxy.orDefault() == ServiceProxyPodnet {
-		return append(argv, "--run-service-proxy=true", "--nodeport-addresses="+netip.PrefixFrom(ms.IP, 32).String())
-	}
-	return append(argv, "--run-service-proxy=false")
 }

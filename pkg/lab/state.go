@@ -19,13 +19,10 @@ type State struct {
 	Created time.Time `json:"created"`
 	Backend string    `json:"backend"`
 	// ServiceProxy is the --service-proxy of `lab up` (see ServiceProxy).
-	ServiceProxy string `json:"serviceProxy,omitempty"`
-	// Runtime is the --runtime of `lab up` (see Runtime); empty in labs
-	// from before the option, which ran the lab agent.
-	Runtime  string        `json:"runtime,omitempty"`
-	Machines []MachineSpec `json:"machines"`
-	K8sDir   string        `json:"k8sDir"`
-	// RuntimeDir holds containerd, ctr and crictl (with RuntimeContainerd).
+	ServiceProxy string        `json:"serviceProxy,omitempty"`
+	Machines     []MachineSpec `json:"machines"`
+	K8sDir       string        `json:"k8sDir"`
+	// RuntimeDir holds containerd, ctr, crictl and the registry.
 	RuntimeDir string `json:"runtimeDir,omitempty"`
 	// Phase is "building" until Up has finished, then "up".
 	Phase string `json:"phase"`

@@ -32,7 +32,7 @@ func PrintStatus(w io.Writer, dir string) error {
 	if proxy == "" {
 		proxy = ServiceProxyNone // a lab from before the option
 	}
-	l := New(Options{Dir: dir, K8sDir: st.K8sDir, ServiceProxy: proxy, Runtime: Runtime(st.Runtime)})
+	l := New(Options{Dir: dir, K8sDir: st.K8sDir, ServiceProxy: proxy})
 	fmt.Fprintf(w, "lab %s since %s, backend %s, service proxy %s, Kubernetes %s\n\n", st.Phase, st.Created.Local().Format(time.RFC3339),
 		st.Backend, proxy, filepath.Base(st.K8sDir))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -73,10 +73,7 @@ func PrintStatus(w io.Writer, dir string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		if nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil {
-			agents := map[string]string{}
-			if l.opts.Runtime.orDefault() == RuntimeContainerd {
-				agents = nodeAgents(ctx, c, dir, st)
-			}
+			agents := nodeAgents(ctx, c, dir, st)
 			fmt.Fprintln(w)
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "NODE\tREADY\tPOD CIDR\tNODE AGENTS\tMESSAGE")
@@ -101,8 +98,8 @@ func PrintStatus(w io.Writer, dir string) error {
 }
 
 // healthURL is where a component answers on its machine: control plane
-// components and podnetd on the loopback, kube-proxy on the machine's
-// address (where load balancers would probe it).
+// components, kubelet and podnetd on the loopback, kube-proxy on the
+// machine's address (where load balancers would probe it).
 func healthURL(component string, ms MachineSpec) (string, bool) {
 	u, ok := map[string]string{
 		"etcd":                    "http://127.0.0.1:2379/health",
@@ -123,24 +120,18 @@ func answering(dir, machineName, url string) bool {
 	return err == nil && string(out) == "200"
 }
 
-// componentsOn names the components that run on a machine.
+// componentsOn names the lab's processes on a machine: the control plane
+// and the registry on its own, containerd and kubelet on every one.
+// podnetd (and kube-proxy, when chosen) are DaemonSet pods: nodeAgents.
 func componentsOn(l *Lab, ms MachineSpec) []string {
 	var out []string
 	if ms.ControlPlane {
 		for _, c := range l.controlPlane() {
 			out = append(out, c.Name)
 		}
-		if l.opts.Runtime == RuntimeContainerd {
-			out = append(out, "registry")
-		}
+		out = append(out, "registry")
 	}
-	if l.opts.ServiceProxy == ServiceProxyKubeProxy && l.opts.Runtime != RuntimeContainerd {
-		out = append(out, "kube-proxy") // a DaemonSet's pods on the real node software
-	}
-	if l.opts.Runtime == RuntimeContainerd { // podnetd is a pod of the DaemonSet podnet
-		return append(out, "containerd", "kubelet")
-	}
-	return append(out, "podnetd", "node-agent")
+	return append(out, "containerd", "kubelet")
 }
 
 // nodeAgents describes, per node, the pods of the add-ons that run the

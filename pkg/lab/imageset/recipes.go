@@ -62,7 +62,6 @@ const (
 	defaultPath    = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	pauseVersion   = "3.10.2"
 	agnhostVersion = "2.63.0"
-	corednsVersion = "v1.15.0"
 	// kubernetesVersion is hack/k8s/go.mod's k8s.io/kubernetes (a test
 	// checks): the tag of kube-proxy's image, as kubeadm names it.
 	kubernetesVersion = "v1.36.3"
@@ -145,7 +144,7 @@ func recipes(podnetVersion string) []recipe {
 		netshootRecipe(),
 		{
 			Name:   "coredns",
-			Names:  tags("registry.k8s.io/coredns/coredns", corednsVersion),
+			Names:  tags("registry.k8s.io/coredns/coredns", CoreDNSVersion),
 			Layers: []layer{corednsLayer},
 			Config: oci.Config{Entrypoint: []string{"/coredns"}, ExposedPorts: []string{"53/tcp", "53/udp"}},
 		},

@@ -35,21 +35,19 @@ import (
 
 // Names of the files Create writes into the directory (see Bundle.Path).
 const (
-	CACert                   = "ca.crt"
-	CAKey                    = "ca.key"
-	APIServerCert            = "apiserver.crt"
-	APIServerKey             = "apiserver.key"
-	APIServerKubeletCert     = "apiserver-kubelet-client.crt"
-	APIServerKubeletKey      = "apiserver-kubelet-client.key"
-	ServiceAccountKey        = "sa.key"
-	ServiceAccountPub        = "sa.pub"
-	AdminKubeconfig          = "admin.conf"
-	ControllerManagerConfig  = "controller-manager.conf"
-	SchedulerKubeconfig      = "scheduler.conf"
-	KubeProxyKubeconfigFile  = "kube-proxy.conf"
-	nodeKubeconfigPattern    = "node-%s.conf"
-	podnetdKubeconfigPattern = "podnetd-%s.conf"
-	kubeletServingPattern    = "kubelet-%s"
+	CACert                  = "ca.crt"
+	CAKey                   = "ca.key"
+	APIServerCert           = "apiserver.crt"
+	APIServerKey            = "apiserver.key"
+	APIServerKubeletCert    = "apiserver-kubelet-client.crt"
+	APIServerKubeletKey     = "apiserver-kubelet-client.key"
+	ServiceAccountKey       = "sa.key"
+	ServiceAccountPub       = "sa.pub"
+	AdminKubeconfig         = "admin.conf"
+	ControllerManagerConfig = "controller-manager.conf"
+	SchedulerKubeconfig     = "scheduler.conf"
+	nodeKubeconfigPattern   = "node-%s.conf"
+	kubeletServingPattern   = "kubelet-%s"
 )
 
 // Identities of the certificates, as RBAC sees them.
@@ -62,11 +60,6 @@ const (
 	KubeletClientUser = "kube-apiserver-kubelet-client"
 	NodeUserPrefix    = "system:node:"
 	NodesGroup        = "system:nodes"
-	PodnetdUser       = "podnetd"
-	PodnetdGroup      = "podnet:agents"
-	// KubeProxyUser is bound to the ClusterRole system:node-proxier by
-	// the API server's bootstrap RBAC policy.
-	KubeProxyUser = "system:kube-proxy"
 	// KubeconfigName names the cluster, user and context in every kubeconfig.
 	KubeconfigName = "podnet-lab"
 )
@@ -234,25 +227,8 @@ func (b *Bundle) NodeKubeconfig(name string) (string, error) {
 	return b.ensureKubeconfig(fmt.Sprintf(nodeKubeconfigPattern, name), NodeUserPrefix+name, []string{NodesGroup})
 }
 
-// PodnetdKubeconfig writes (or keeps) podnetd-<name>.conf for the podnetd
-// agent on node name, authenticating as user podnetd in group podnet:agents
-// (RBAC for that group is granted elsewhere), and returns its path.
-func (b *Bundle) PodnetdKubeconfig(name string) (string, error) {
-	if err := validNodeName(name); err != nil {
-		return "", fmt.Errorf("podnetd kubeconfig: %w", err)
-	}
-	return b.ensureKubeconfig(fmt.Sprintf(podnetdKubeconfigPattern, name), PodnetdUser, []string{PodnetdGroup})
-}
-
-// KubeProxyKubeconfig writes (or keeps) kube-proxy.conf, authenticating
-// as system:kube-proxy (what kubeadm gives kube-proxy: one identity for
-// every node), and returns its path.
-func (b *Bundle) KubeProxyKubeconfig() (string, error) {
-	return b.ensureKubeconfig(KubeProxyKubeconfigFile, KubeProxyUser, nil)
-}
-
 // NodeServingCert writes (or keeps) kubelet-<name>.crt/.key, the serving
-// certificate of the node agent's kubelet API, valid for the DNS name name
+// certificate of the node's kubelet API, valid for the DNS name name
 // and the given addresses, and returns both paths. kube-apiserver verifies
 // it with --kubelet-certificate-authority=ca.crt.
 func (b *Bundle) NodeServingCert(name string, ips []netip.Addr) (certFile, keyFile string, err error) {

@@ -211,16 +211,8 @@ func TestKubeconfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := b.PodnetdKubeconfig("node-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := b.KubeProxyKubeconfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if filepath.Base(node) != "node-node-1.conf" || filepath.Base(agent) != "podnetd-node-1.conf" || filepath.Base(proxy) != "kube-proxy.conf" {
-		t.Errorf("paths %s, %s, %s", node, agent, proxy)
+	if filepath.Base(node) != "node-node-1.conf" {
+		t.Errorf("path %s", node)
 	}
 	for _, tc := range []struct {
 		path, cn string
@@ -230,8 +222,6 @@ func TestKubeconfigs(t *testing.T) {
 		{b.Path(ControllerManagerConfig), "system:kube-controller-manager", nil},
 		{b.Path(SchedulerKubeconfig), "system:kube-scheduler", nil},
 		{node, "system:node:node-1", []string{"system:nodes"}},
-		{agent, "podnetd", []string{"podnet:agents"}},
-		{proxy, "system:kube-proxy", nil},
 	} {
 		data := mustRead(t, tc.path)
 		for _, want := range []string{"apiVersion: v1\n", "kind: Config\n", "current-context: podnet-lab\n"} {
@@ -259,8 +249,8 @@ func TestKubeconfigs(t *testing.T) {
 			t.Errorf("%s: client cert: %v", tc.path, err)
 		}
 	}
-	if _, err := b.PodnetdKubeconfig("bad/name"); err == nil {
-		t.Error("bad podnetd node name accepted")
+	if _, err := b.NodeKubeconfig("bad/name"); err == nil {
+		t.Error("bad node name accepted")
 	}
 }
 
