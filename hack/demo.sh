@@ -6,7 +6,7 @@
 # BACKEND=host-gw reproduces seed 003's cross-node traceroute hop for hop;
 # the default, vxlan, shows seeds 001/002's overlay (route, neigh, fdb).
 # The nodes run the real kubelet, containerd and runc with real images, and
-# podnet is installed from its manifest (RUNTIME=lab-agent: the stand-in).
+# podnet is installed from its manifest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces)"; exit 1; }
@@ -25,29 +25,24 @@ trap cleanup EXIT
 
 say "podnetctl lab up --backend ${BACKEND:-vxlan} — seed 003's cluster: controlplane 192.168.56.10, node-1 .11, node-2 .12 on eth1"
 BACKEND=${BACKEND:-vxlan}
-RUNTIME=${RUNTIME:-containerd}
-"$P" lab up --backend "$BACKEND" --runtime "$RUNTIME"
+"$P" lab up --backend "$BACKEND"
 
-if [ "$RUNTIME" = containerd ]; then
-  say "podnet installed as on any cluster: its DaemonSet's pods next to CoreDNS (seed 000's check)"
-  on node-1 kubectl get pods -n kube-system -o wide
-  on node-1 sh -c 'kubectl get pods -n kube-system | grep -e coredns -e podnet'
-fi
+say "podnet installed as on any cluster: its DaemonSet's pods next to CoreDNS (seed 000's check)"
+on node-1 kubectl get pods -n kube-system -o wide
+on node-1 sh -c 'kubectl get pods -n kube-system | grep -e coredns -e podnet'
 
 say "The nodes and their pod subnets"
 on node-1 kubectl get nodes -o wide
 on node-1 kubectl get nodes -o custom-columns=NAME:.metadata.name,POD-CIDR:.spec.podCIDR
 
-if [ "$RUNTIME" = containerd ]; then
-  say "Seed 003: a pod from an image containerd pulls (here from the lab's registry) — and node-to-node reachability"
-  on node-1 kubectl run nginx --image=nginx:latest
-  kc wait --for=condition=Ready pod/nginx --timeout=60s >/dev/null
-  on node-1 kubectl get pods/nginx
-  on node-1 sh -c 'kubectl describe pods/nginx | sed -n "/^Events:/,\$p"'
-  on controlplane traceroute -n 192.168.56.11
-  on controlplane traceroute -n 192.168.56.12
-  kc delete pod nginx --now >/dev/null
-fi
+say "Seed 003: a pod from an image containerd pulls (here from the lab's registry) — and node-to-node reachability"
+on node-1 kubectl run nginx --image=nginx:latest
+kc wait --for=condition=Ready pod/nginx --timeout=60s >/dev/null
+on node-1 kubectl get pods/nginx
+on node-1 sh -c 'kubectl describe pods/nginx | sed -n "/^Events:/,\$p"'
+on controlplane traceroute -n 192.168.56.11
+on controlplane traceroute -n 192.168.56.12
+kc delete pod nginx --now >/dev/null
 
 say "Seed 003: pod to pod on the same node (cni0)"
 on node-1 kubectl run httpd --image=httpd --overrides='{"spec":{"nodeName":"node-1"}}'
