@@ -158,6 +158,13 @@ func services(t *testing.T, proxy lab.ServiceProxy) {
 		// reject would tell the client that the Service has no endpoints
 		// at all, while the load balancer's health check is what should
 		// steer it away).
+		// node-3's health check says 0 before its proxy has seen the
+		// endpoints too (then the Service has none there, and a reject is
+		// right): the drop comes once it has, within a few syncs.
+		waitFor(t, 5*time.Second, "the Local NodePort on node-3 (no local endpoint) drops", func() (bool, string) {
+			_, outcome := dial(fmt.Sprintf("192.168.56.13:%d", lnp), "/clientip")
+			return outcome == "timed out", outcome
+		})
 		if _, outcome := dial(fmt.Sprintf("192.168.56.13:%d", lnp), "/clientip"); outcome != "timed out" {
 			t.Errorf("Local NodePort on node-3 (no local endpoint): %s, want timed out (dropped)", outcome)
 		}

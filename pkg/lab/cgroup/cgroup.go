@@ -1,7 +1,8 @@
 // Package cgroup keeps the lab's processes in a cgroup v2 tree
-// (podnet-lab/<machine>/<component>, podnet-lab/<machine>/pods/<pod>/…), so
-// that every process of a component, a pod, a machine or the whole lab can
-// be listed, signalled and killed at once — also after a crash of whoever
+// (podnet-lab/<machine>/<component>; kubelet puts pods below
+// podnet-lab/<machine>/kubepods, and V1Root makes that root in the v1
+// hierarchies), so that every process of a component, a machine or the
+// whole lab can be listed, signalled and killed at once — also after a crash of whoever
 // started them, since the kernel keeps the membership. No controllers are
 // enabled; the groups only name sets of processes.
 package cgroup
