@@ -313,7 +313,7 @@ func TestReconcileHostGWDropsVTEP(t *testing.T) {
 func TestVTEPOurs(t *testing.T) {
 	ours := *testVTEPs
 	ours.SrcAddr, ours.VtepDevIndex = net.IPv4(192, 168, 56, 42), 99 // another address, another underlay: still podnet's
-	if !vtepOurs(&ours) {
+	if !VTEPOurs(&ours) {
 		t.Errorf("podnet's VTEP on another underlay not recognised")
 	}
 	for name, mod := range map[string]func(*netlink.Vxlan){
@@ -324,11 +324,11 @@ func TestVTEPOurs(t *testing.T) {
 	} {
 		v := ours
 		mod(&v)
-		if vtepOurs(&v) {
+		if VTEPOurs(&v) {
 			t.Errorf("a VXLAN device with another %s taken for podnet's", name)
 		}
 	}
-	if vtepOurs(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice}}) {
+	if VTEPOurs(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice}}) {
 		t.Error("a dummy named podnet.1 taken for podnet's VTEP")
 	}
 }

@@ -106,13 +106,13 @@ func vtepLink(local Local, under netlink.Link) *netlink.Vxlan {
 // corrected in place.
 func vtepAdoptable(have netlink.Link, want *netlink.Vxlan) bool {
 	vx, ok := have.(*netlink.Vxlan)
-	return ok && vtepOurs(have) && vx.SrcAddr.Equal(want.SrcAddr) && vx.VtepDevIndex == want.VtepDevIndex
+	return ok && VTEPOurs(have) && vx.SrcAddr.Equal(want.SrcAddr) && vx.VtepDevIndex == want.VtepDevIndex
 }
 
-// vtepOurs reports whether l is a VTEP podnet made, on whatever underlay
+// VTEPOurs reports whether l is a VTEP podnet made, on whatever underlay
 // and address: named VXLANDevice, a VXLAN device with podnet's VNI and
-// port, learning off.
-func vtepOurs(l netlink.Link) bool {
+// port, learning off. Only such a device is podnet's to delete.
+func VTEPOurs(l netlink.Link) bool {
 	vx, ok := l.(*netlink.Vxlan)
 	return ok && l.Attrs().Name == VXLANDevice && vx.VxlanId == VNI && vx.Port == VXLANPort && !vx.Learning
 }
@@ -130,7 +130,7 @@ func dropStaleVTEP(dp dataplane) (bool, error) {
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("look up %s: %w", VXLANDevice, err)
-	case !vtepOurs(l):
+	case !VTEPOurs(l):
 		return false, nil
 	}
 	if err := dp.LinkDel(l); err != nil {

@@ -23,6 +23,17 @@ const (
 	tmpPrefix  = ".tmp-"
 )
 
+// StoreFile reports whether name is a file DiskStore writes in a network's
+// directory: a reservation (named by its address), the lock, a round-robin
+// position, or a temporary that a killed writer may leave. Anything else
+// there is someone else's.
+func StoreFile(name string) bool {
+	if _, err := netip.ParseAddr(name); err == nil {
+		return true
+	}
+	return name == lockFile || strings.HasPrefix(name, lastPrefix) || strings.HasPrefix(name, tmpPrefix)
+}
+
 // DiskStore keeps one file per reserved address, named by the address (as
 // host-local does, so `ls` shows what is taken), holding the reservation as
 // JSON. A reservation is written to an unnamed file (O_TMPFILE; a named

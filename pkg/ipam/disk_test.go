@@ -326,3 +326,14 @@ func TestDiskStoreStoreGoneAfterOpen(t *testing.T) {
 		t.Error("CheckFree succeeded on a store whose directory is a file")
 	}
 }
+
+func TestStoreFile(t *testing.T) {
+	for name, want := range map[string]bool{
+		"10.244.1.5": true, "fd00::5": true, "lock": true, "last_reserved_ip.0": true, ".tmp-123": true,
+		"notes.txt": false, "lock.bak": false, "10.244.1": false, "": false,
+	} {
+		if got := StoreFile(name); got != want {
+			t.Errorf("StoreFile(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

@@ -68,8 +68,9 @@ func describeCleanupRoute(h netlinksafe.Handle, r netlink.Route) string {
 }
 
 // cleanupVTEP deletes the VXLAN device podnet.1 if it is the one podnet's
-// backends make (VNI 1, port 8472, learning off: backend's own test before
-// it deletes a stale VTEP); its neighbour and FDB entries go with it.
+// backends make (VNI 1, port 8472, learning off: backend.VTEPOurs, the
+// backends' own test before they delete a stale VTEP); its neighbour and
+// FDB entries go with it.
 func cleanupVTEP(h netlinksafe.Handle, rep *CleanupReport) error {
 	l, err := h.LinkByName(backend.VXLANDevice)
 	var nf netlink.LinkNotFoundError
@@ -79,8 +80,7 @@ func cleanupVTEP(h netlinksafe.Handle, rep *CleanupReport) error {
 	case err != nil:
 		return fmt.Errorf("look up %s: %w", backend.VXLANDevice, err)
 	}
-	vx, ok := l.(*netlink.Vxlan)
-	if !ok || vx.VxlanId != backend.VNI || vx.Port != backend.VXLANPort || vx.Learning {
+	if !backend.VTEPOurs(l) {
 		rep.kept("device %s: not the VTEP podnet makes (a %s, not VXLAN with VNI %d, port %d, learning off); remove it by hand if it is podnet's",
 			backend.VXLANDevice, l.Type(), backend.VNI, backend.VXLANPort)
 		return nil

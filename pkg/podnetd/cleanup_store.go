@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,15 +13,6 @@ import (
 
 	"github.com/podnet/podnet/pkg/ipam"
 	"github.com/podnet/podnet/pkg/wire"
-)
-
-// The files ipam.DiskStore keeps beside its reservations (one file per
-// address): its lock, the round-robin positions and temporaries that a
-// killed writer may leave (pkg/ipam/disk.go).
-const (
-	storeLock       = "lock"
-	storeLastPrefix = "last_reserved_ip."
-	storeTmpPrefix  = ".tmp-"
 )
 
 // cleanupStore removes the plugin's reservation store of the network
@@ -103,7 +93,7 @@ func removeStoreDir(dir, dataDir string, rep *CleanupReport) error {
 	var errs []error
 	for _, e := range ents {
 		n := e.Name()
-		if _, err := netip.ParseAddr(n); err == nil || n == storeLock || strings.HasPrefix(n, storeLastPrefix) || strings.HasPrefix(n, storeTmpPrefix) {
+		if ipam.StoreFile(n) {
 			if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("remove %s: %w", filepath.Join(dir, n), err))
 			}
