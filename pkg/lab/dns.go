@@ -24,8 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
-	"github.com/podnet/podnet/pkg/lab/machine"
 	"github.com/podnet/podnet/pkg/lab/imageset"
+	"github.com/podnet/podnet/pkg/lab/machine"
 )
 
 // coreDNSManifest is the lab's cluster DNS add-on (a template: see
