@@ -35,4 +35,13 @@ if [ "${1:-}" != "--agnhost-only" ] && [ ! -x "$DIR/e2e.test" ]; then
   mv "$tmp/e2e.test" "$DIR/e2e.test"
   rm -rf "$tmp"
 fi
+# The ginkgo CLI of the version e2e.test is built with: it runs the specs in
+# parallel processes (the binary alone runs them one after another).
+if [ "${1:-}" != "--agnhost-only" ] && [ ! -x "$DIR/ginkgo" ]; then
+  echo "e2e: building ginkgo into $DIR (once per machine)" >&2
+  tmp=$(mktemp -d)
+  CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$tmp/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
+  mv "$tmp/ginkgo" "$DIR/ginkgo"
+  rm -rf "$tmp"
+fi
 echo "$DIR"
