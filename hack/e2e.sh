@@ -15,6 +15,8 @@
 #   E2E_TIMEOUT the whole run's bound (default 80m)
 #   E2E_PROCS   parallel ginkgo processes (default 4; 1 runs them one by one)
 #   E2E_ARGS    more arguments for e2e.test
+#   E2E_LAB_ARGS more arguments for lab up (--backend host-gw,
+#               --service-proxy kube-proxy, …)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K8S=$(bash hack/e2e-build.sh)
@@ -27,7 +29,7 @@ export PODNET_LAB_DIR=$DIR
 cleanup() { bin/podnetctl lab down >/dev/null 2>&1 || true; }
 trap cleanup EXIT INT TERM
 start=$(date +%s)
-bin/podnetctl lab up --workers 2
+bin/podnetctl lab up --workers 2 ${E2E_LAB_ARGS:-}
 KUBECONFIG=$(bin/podnetctl lab kubeconfig)
 export KUBECONFIG PATH="$K8S:$PATH"
 set +e
@@ -42,7 +44,7 @@ summary=$(grep -E '^Ran [0-9]+ of [0-9]+ Specs|^(SUCCESS|FAIL)! .*Passed' "$REPO
 passed=$(grep -oE '[0-9]+ Passed' "$REPORT/e2e.log" | tail -1 | grep -oE '[0-9]+' || echo 0)
 failed=$(grep -oE '[0-9]+ Failed' "$REPORT/e2e.log" | tail -1 | grep -oE '[0-9]+' || echo 0)
 echo
-echo "e2e: focus $FOCUS, $PROCS processes"
+echo "e2e: focus $FOCUS, $PROCS processes, lab up --workers 2 ${E2E_LAB_ARGS:-}"
 echo "e2e: $summary"
 echo "e2e: $passed passed, $failed failed in $((end - start)) s (report: $REPORT)"
 exit "$rc"
