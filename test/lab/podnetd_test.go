@@ -433,17 +433,8 @@ func podnetdPIDs(node string) []int {
 	return out
 }
 
-// componentPID is the pid of the process named comm in the lab component's
-// cgroup.
-func componentPID(t *testing.T, node, component, comm string) int {
-	t.Helper()
-	pids := componentPIDs(t, node, component, comm)
-	if len(pids) != 1 {
-		t.Fatalf("%d %s processes in %s's %s, want 1: %v", len(pids), comm, node, component, pids)
-	}
-	return pids[0]
-}
-
+// componentPIDs are the processes named comm in the lab component's
+// cgroup (faultMainPID picks the component itself among them).
 func componentPIDs(t *testing.T, node, component, comm string) []int {
 	t.Helper()
 	m, err := cgroup.Mount()

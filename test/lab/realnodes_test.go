@@ -94,7 +94,7 @@ func TestLabRealNodes(t *testing.T) {
 	})
 
 	t.Run("kubelet killed and restarted: the pod keeps its address and serves", func(t *testing.T) {
-		old := componentPID(t, "node-1", "kubelet", "kubelet")
+		old := faultMainPID(t, "node-1", "kubelet", "kubelet")
 		e.onNode("node-1", "kill -9 "+strconv.Itoa(old))
 		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 			out, err := e.exec("client", "wget", "-qO-", "-T", "2", "http://"+srvIP+":8080/hostname")
