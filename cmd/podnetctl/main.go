@@ -21,7 +21,7 @@ import (
 const usage = `podnetctl — podnet's command line
 
   podnetctl lab up [--workers N] [--far-workers N] [--backend vxlan|host-gw|hybrid]
-                   [--service-proxy podnet|kube-proxy|none]
+                   [--service-proxy podnet|kube-proxy|none] [--network-policy=false]
                                    build a Kubernetes cluster of network namespaces on this machine, each
                                    node the real kubelet, containerd and runc, podnet installed from its
                                    manifest as a DaemonSet;
@@ -68,6 +68,7 @@ func run(args []string) error {
 	far := fs.Int("far-workers", 0, "put the last N workers on a second underlay segment, 192.168.57.0/24, behind a router (for hybrid)")
 	backend := fs.String("backend", "vxlan", "cross-node backend: vxlan, host-gw or hybrid")
 	proxy := fs.String("service-proxy", string(lab.DefaultServiceProxy), "what implements Services on the nodes: podnet (podnetd's own proxy), kube-proxy (the real one, nftables mode) or none (and then no cluster DNS)")
+	netpol := fs.Bool("network-policy", true, "enforce NetworkPolicy with podnetd (false: podnetd deletes its policy table; policies are ignored)")
 	if err := fs.Parse(rest); err != nil {
 		return err
 	}
@@ -77,7 +78,7 @@ func run(args []string) error {
 	}
 	switch verb {
 	case "up":
-		return labUp(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir}, *proxy)
+		return labUp(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir, NoNetworkPolicy: !*netpol}, *proxy)
 	case "down":
 		return lab.Down(*dir)
 	case "status":

@@ -45,7 +45,7 @@ func parseAgentArgs(args []string, getenv func(string) string, readFile func(str
 	var a agentArgs
 	fs.StringVar(&a.node, "node", host, "this node's name (default: $NODE_NAME, else the hostname)")
 	fs.StringVar(&a.kubeconfig, "kubeconfig", "", "kubeconfig (default: in-cluster service account)")
-	config := fs.String("config", "", "a YAML file of settings (keys: backend, mtu, serviceProxy, network, clusterCIDR, nodePortAddresses, apiServer, listen, cniConfDir, podnetDataDir); a flag given here wins over the file")
+	config := fs.String("config", "", "a YAML file of settings (keys: backend, mtu, serviceProxy, network, networkPolicy, clusterCIDR, nodePortAddresses, apiServer, listen, cniConfDir, podnetDataDir); a flag given here wins over the file")
 	fs.StringVar(&o.Backend, "backend", o.Backend, "cross-node backend: vxlan, host-gw or hybrid")
 	fs.IntVar(&o.MTU, "mtu", o.MTU, "pod MTU (default: derived from the underlay: minus 50 under VXLAN)")
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "where to write the node's CNI conflist")
@@ -53,6 +53,7 @@ func parseAgentArgs(args []string, getenv func(string) string, readFile func(str
 	fs.StringVar(&o.Listen, "listen", o.Listen, "address of /healthz, /livez and /metrics (empty: off)")
 	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", o.ClusterCIDR, "the pod network(s), comma-separated; egress from them to elsewhere is masqueraded, and connections from elsewhere to a ClusterIP too")
 	fs.BoolVar(&o.ServiceProxy, "run-service-proxy", o.ServiceProxy, "implement Services (ClusterIP, NodePort, LoadBalancer, externalIPs) in nftables, in place of kube-proxy; when false, podnetd deletes its proxy table at start")
+	fs.BoolVar(&o.NetworkPolicy, "run-network-policy", o.NetworkPolicy, "enforce NetworkPolicy for this node's pods in nftables; when false, podnetd deletes its policy table at start (every pod open)")
 	fs.BoolVar(&o.Network, "run-network", o.Network, "run the pod network (backend, CNI config, egress masquerade, Node facts); false runs the Service proxy alone")
 	fs.StringVar(&o.NodePortAddresses, "nodeport-addresses", o.NodePortAddresses, "comma-separated prefixes: NodePorts answer only on this node's addresses inside them (default: every local address but loopback)")
 	fs.StringVar(&o.APIServer, "api-server", o.APIServer, "the API server as host:port or https://host:port, instead of the in-cluster kubernetes Service (a ClusterIP, which podnetd cannot reach where its own Service proxy replaces kube-proxy and has not programmed it yet)")
@@ -128,6 +129,11 @@ func run(a agentArgs) error {
 	if !cfg.ServiceProxy {
 		if err := podnetd.CleanupServiceProxy(ctx); err != nil {
 			cfg.Log.Warn("the Service proxy is off, and its table could not be deleted", "err", err)
+		}
+	}
+	if !cfg.NetworkPolicy {
+		if err := podnetd.CleanupNetworkPolicy(ctx); err != nil {
+			cfg.Log.Warn("NetworkPolicy is off, and its table could not be deleted", "err", err)
 		}
 	}
 	if a.opts.Listen != "" {

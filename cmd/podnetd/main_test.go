@@ -91,7 +91,7 @@ func TestAgentBadConfig(t *testing.T) {
 
 func TestAgentBadFlags(t *testing.T) {
 	for _, args := range [][]string{{"--mtu", "x"}, {"--nope"}, {"extra"}, {"--cluster-cidr", "10.0.0.0/40"},
-		{"--run-network=false", "--run-service-proxy=false"}} {
+		{"--run-network=false", "--run-service-proxy=false", "--run-network-policy=false"}} {
 		var out bytes.Buffer
 		_, code, err := parseAgentArgs(args, env(nil), files(nil), &out)
 		if code != 2 {

@@ -40,7 +40,7 @@ func PodnetImageTag() (string, error) {
 
 // podnetManifest is deploy/podnet.yaml with the lab's options in the
 // ConfigMap podnet-config, as a user edits it before applying: the backend,
-// the Service proxy or not, the API server's address (podnet's proxy is
+// the Service proxy or not, NetworkPolicy or not, the API server's address (podnet's proxy is
 // what implements the kubernetes Service, so podnetd cannot reach the API
 // through it before it has programmed it), NodePorts on the lab's segments.
 func (l *Lab) podnetManifest(machines []MachineSpec) ([]byte, error) {
@@ -56,11 +56,12 @@ func (l *Lab) podnetManifest(machines []MachineSpec) ([]byte, error) {
 backend: %q
 serviceProxy: %v
 network: true
+networkPolicy: %v
 clusterCIDR: %q
 nodePortAddresses: [%s]
 apiServer: %q
 listen: "127.0.0.1:9965"
-`, l.opts.Backend, l.opts.ServiceProxy == ServiceProxyPodnet, ClusterCIDR.String(),
+`, l.opts.Backend, l.opts.ServiceProxy == ServiceProxyPodnet, !l.opts.NoNetworkPolicy, ClusterCIDR.String(),
 			quotedList(labSegments(machines)), netip.AddrPortFrom(ControlPlaneIP, 6443).String())
 		out, err := yaml.Marshal(&cm)
 		if err != nil {

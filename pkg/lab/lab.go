@@ -44,6 +44,9 @@ type Options struct {
 	// ServiceProxy implements Services on every machine (empty:
 	// DefaultServiceProxy); with one, the lab also runs the cluster DNS.
 	ServiceProxy ServiceProxy
+	// NoNetworkPolicy turns podnet's NetworkPolicy engine off (it is on
+	// by default, whichever service proxy runs).
+	NoNetworkPolicy bool
 	// CoreDNSDir holds the coredns binary hack/coredns.sh builds (empty:
 	// imageset.CoreDNSDir()).
 	CoreDNSDir string

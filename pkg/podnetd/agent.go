@@ -44,6 +44,7 @@ import (
 	"github.com/podnet/podnet/pkg/backend"
 	"github.com/podnet/podnet/pkg/masq"
 	"github.com/podnet/podnet/pkg/netconf"
+	"github.com/podnet/podnet/pkg/policy"
 	"github.com/podnet/podnet/pkg/proxy"
 )
 
@@ -70,6 +71,9 @@ type Config struct {
 	// kube-proxy's --nodeport-addresses (empty: every local address but
 	// loopback).
 	NodePortAddresses []netip.Prefix
+	// NetworkPolicy runs the NetworkPolicy engine (package policy): the
+	// policies of this node's pods, in the table "inet podnet-policy".
+	NetworkPolicy bool
 	// ProxyOnly runs the Service proxy alone: no backend, CNI config,
 	// egress masquerade or Node facts (another network provides them).
 	ProxyOnly bool
@@ -123,15 +127,17 @@ type Agent struct {
 	// the Service proxy. The agent's Healthy combines those that run.
 	Health      *agentapi.SyncHealth
 	ProxyHealth *agentapi.SyncHealth
-	metrics     *metrics
-	cfg         Config
-	client      kubernetes.Interface
-	log         *slog.Logger
-	be          backend.Backend
-	nft         knftables.Interface // nil: the nft binary, opened at the first setup
-	underlay    UnderlayFunc
-	retryDelay  time.Duration
-	nodes       listersv1.NodeLister
+	// PolicyHealth is the same for the NetworkPolicy engine.
+	PolicyHealth *agentapi.SyncHealth
+	metrics      *metrics
+	cfg          Config
+	client       kubernetes.Interface
+	log          *slog.Logger
+	be           backend.Backend
+	nft          knftables.Interface // nil: the nft binary, opened at the first setup
+	underlay     UnderlayFunc
+	retryDelay   time.Duration
+	nodes        listersv1.NodeLister
 
 	// This node, as the last successful setup left it.
 	ready  bool // the backend is set up for local
@@ -155,6 +161,12 @@ type Agent struct {
 	healthChecks proxy.HealthChecks
 	closeHealth  func() error
 	pw           *proxyWatch
+
+	// The NetworkPolicy engine (nil unless Config.NetworkPolicy).
+	enforcer   *policy.Enforcer
+	policyNFT  knftables.Interface // nil: the nft binary
+	polw       *policyWatch
+	pokePolicy func()
 }
 
 // New returns an agent.
@@ -165,10 +177,11 @@ func New(cfg Config, client kubernetes.Interface, opts ...Option) (*Agent, error
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	if cfg.ProxyOnly && !cfg.ServiceProxy {
-		return nil, errors.New("proxy only, but the Service proxy is off: nothing to run")
+	if cfg.ProxyOnly && !cfg.ServiceProxy && !cfg.NetworkPolicy {
+		return nil, errors.New("no pod network, no Service proxy and no NetworkPolicy: nothing to run")
 	}
-	a := &Agent{Health: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, ProxyHealth: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, metrics: newMetrics(cfg.Metrics), cfg: cfg,
+	a := &Agent{Health: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, ProxyHealth: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync},
+		PolicyHealth: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, metrics: newMetrics(cfg.Metrics), cfg: cfg,
 		client: client, log: cfg.Log.With("node", cfg.NodeName), underlay: underlay, retryDelay: DefaultRetryDelay}
 	for _, o := range opts {
 		o(a)
@@ -198,6 +211,11 @@ func (a *Agent) Healthy() error {
 	if a.cfg.ServiceProxy {
 		if err := a.ProxyHealth.Healthy(); err != nil {
 			errs = append(errs, fmt.Errorf("service proxy: %w", err))
+		}
+	}
+	if a.cfg.NetworkPolicy {
+		if err := a.PolicyHealth.Healthy(); err != nil {
+			errs = append(errs, fmt.Errorf("network policy: %w", err))
 		}
 	}
 	return errors.Join(errs...)

@@ -29,8 +29,9 @@ type Options struct {
 	Backend string
 	// MTU of pod interfaces; 0 derives it from the underlay.
 	MTU int
-	// ServiceProxy runs the Service proxy; Network the pod network.
-	ServiceProxy, Network bool
+	// ServiceProxy runs the Service proxy; Network the pod network;
+	// NetworkPolicy the NetworkPolicy engine.
+	ServiceProxy, Network, NetworkPolicy bool
 	// ClusterCIDR and NodePortAddresses are comma-separated prefixes.
 	ClusterCIDR, NodePortAddresses string
 	// APIServer is the API server's address (host:port or https URL),
@@ -48,7 +49,7 @@ type Options struct {
 
 // DefaultOptions are podnetd's defaults.
 func DefaultOptions() Options {
-	return Options{Backend: "vxlan", ServiceProxy: true, Network: true, ClusterCIDR: "10.244.0.0/16",
+	return Options{Backend: "vxlan", ServiceProxy: true, Network: true, NetworkPolicy: true, ClusterCIDR: "10.244.0.0/16",
 		Listen: "127.0.0.1:9965", CNIConfDir: "/etc/cni/net.d", PodnetDataDir: ipam.DefaultDataDir}
 }
 
@@ -65,6 +66,7 @@ var fileKeys = []fileKey{
 	{"mtu", "mtu", func(o *Options, n *yaml.Node) error { return number(n, &o.MTU) }},
 	{"serviceProxy", "run-service-proxy", func(o *Options, n *yaml.Node) error { return boolean(n, &o.ServiceProxy) }},
 	{"network", "run-network", func(o *Options, n *yaml.Node) error { return boolean(n, &o.Network) }},
+	{"networkPolicy", "run-network-policy", func(o *Options, n *yaml.Node) error { return boolean(n, &o.NetworkPolicy) }},
 	{"clusterCIDR", "cluster-cidr", func(o *Options, n *yaml.Node) error { return list(n, &o.ClusterCIDR) }},
 	{"nodePortAddresses", "nodeport-addresses", func(o *Options, n *yaml.Node) error { return list(n, &o.NodePortAddresses) }},
 	{"apiServer", "api-server", func(o *Options, n *yaml.Node) error { return scalar(n, &o.APIServer) }},
@@ -295,8 +297,8 @@ func (o *Options) Config(node string) (Config, error) {
 	if err != nil {
 		bad("nodeport-addresses", "%v", err)
 	}
-	if !o.Network && !o.ServiceProxy {
-		errs = append(errs, fmt.Errorf("%s and %s are both false: nothing to run", o.where("run-network"), o.where("run-service-proxy")))
+	if !o.Network && !o.ServiceProxy && !o.NetworkPolicy {
+		errs = append(errs, fmt.Errorf("%s, %s and %s are all false: nothing to run", o.where("run-network"), o.where("run-service-proxy"), o.where("run-network-policy")))
 	}
 	if o.APIServer != "" {
 		if err := checkAPIServer(o.APIServer); err != nil {
@@ -318,7 +320,7 @@ func (o *Options) Config(node string) (Config, error) {
 	}
 	return Config{NodeName: node, Backend: o.Backend, MTU: o.MTU, CNIConfDir: o.CNIConfDir,
 		PodnetDataDir: o.PodnetDataDir, ClusterCIDRs: cidrs, ServiceProxy: o.ServiceProxy,
-		NodePortAddresses: nps, ProxyOnly: !o.Network}, nil
+		NetworkPolicy: o.NetworkPolicy, NodePortAddresses: nps, ProxyOnly: !o.Network}, nil
 }
 
 // parsePrefixes parses comma-separated prefixes ("" is none).

@@ -14,6 +14,7 @@ backend: host-gw
 mtu: 1400
 serviceProxy: false
 network: true
+networkPolicy: false
 clusterCIDR: [10.244.0.0/16, 10.245.0.0/16]
 nodePortAddresses: 192.168.56.0/24, 10.0.0.0/8
 apiServer: https://192.168.56.10:6443
@@ -93,7 +94,7 @@ func TestOptionsErrors(t *testing.T) {
 		{"no cidr", "clusterCIDR: []\n", []string{`key "clusterCIDR"`, "give at least one pod network"}},
 		{"cidr item", "clusterCIDR: [{a: b}]\n", []string{`key "clusterCIDR": item on line 1: want a prefix`}},
 		{"nodeports", "nodePortAddresses: [192.168.56.1]\n", []string{`key "nodePortAddresses"`, `"192.168.56.1": want a prefix`}},
-		{"nothing to run", "network: false\nserviceProxy: false\n", []string{"nothing to run"}},
+		{"nothing to run", "network: false\nserviceProxy: false\nnetworkPolicy: false\n", []string{"nothing to run"}},
 		{"api server", "apiServer: 192.168.56.10\n", []string{`key "apiServer"`, "host:port"}},
 		{"api server http", "apiServer: http://192.168.56.10:6443\n", []string{`key "apiServer"`, "https://host:port"}},
 		{"listen", "listen: localhost\n", []string{`key "listen"`, "127.0.0.1:9965"}},

@@ -18,10 +18,10 @@ import (
 // (see loop). The dataplane is left in place when it returns: a restarted
 // agent adopts it and fixes only what differs.
 //
-// The network (backend, masquerade, Node facts) and the Service proxy run
-// as two loops of their own, each on its own events, so that a burst of
-// Service changes never delays a route and a slow backend never delays a
-// Service. Neither writes anything before every informer it reads has
+// The network (backend, masquerade, Node facts), the Service proxy and
+// the NetworkPolicy engine run as loops of their own, each on its own
+// events, so that a burst of Service changes never delays a route or a
+// policy, and a slow backend never delays a Service. Neither writes anything before every informer it reads has
 // synced (a sync from a partial view would remove what is not seen yet),
 // and neither waits for the other's informers.
 func (a *Agent) Run(ctx context.Context) error {
@@ -46,6 +46,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		pf.Start(ctx.Done())
 		defer pf.Shutdown()
 	}
+	var policySynced []cache.InformerSynced
+	policyDirty, pokePolicy := dirtyChan()
+	a.pokePolicy = pokePolicy
+	if a.cfg.NetworkPolicy {
+		if err := a.newEnforcer(); err != nil {
+			return err
+		}
+		nf := informers.NewSharedInformerFactory(a.client, 0)
+		a.polw = watchPolicies(nf, pokePolicy)
+		policySynced = a.polw.synced
+		nf.Start(ctx.Done())
+		defer nf.Shutdown()
+	}
 	if a.events == nil && !a.cfg.ProxyOnly {
 		b := record.NewBroadcaster(record.WithContext(ctx))
 		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.client.CoreV1().Events("")})
@@ -65,6 +78,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("service proxy: waiting for the Service, EndpointSlice and Node informers to sync")
 			if cache.WaitForCacheSync(ctx.Done(), proxySynced...) {
 				a.loop(ctx, "service proxy", proxyDirty, a.proxyPass)
+			}
+		}()
+	}
+	if a.cfg.NetworkPolicy {
+		// Nothing is written before every policy, pod and namespace is
+		// known: a sync from a partial view would open isolated pods.
+		// Until then the table a previous podnetd left stays as it was.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.log.Info("network policy: waiting for the NetworkPolicy, Pod and Namespace informers to sync")
+			if cache.WaitForCacheSync(ctx.Done(), policySynced...) {
+				a.loop(ctx, "network policy", policyDirty, a.policyPass)
 			}
 		}()
 	}
@@ -181,3 +207,10 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 	return ctx.Err() == nil
 }
+
+// policyStaleRetry is when the NetworkPolicy engine syncs again to delete
+// the chains a sync left stale, if no event comes first.
+const policyStaleRetry = 1100 * time.Millisecond
+
+// pokePolicyLater pokes the NetworkPolicy loop after d.
+func (a *Agent) pokePolicyLater(d time.Duration) { time.AfterFunc(d, a.pokePolicy) }

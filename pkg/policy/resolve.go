@@ -76,6 +76,13 @@ func Policed(p *corev1.Pod) bool {
 
 // Resolve computes every policed pod's PodPolicy.
 func Resolve(policies []*networkingv1.NetworkPolicy, pods []*corev1.Pod, namespaces []*corev1.Namespace) (map[types.NamespacedName]*PodPolicy, []Problem) {
+	return ResolveFor(policies, pods, namespaces, nil)
+}
+
+// ResolveFor computes the PodPolicy of the policed pods that subject
+// accepts (nil: all), such as the pods of one node; every pod still counts
+// as a peer.
+func ResolveFor(policies []*networkingv1.NetworkPolicy, pods []*corev1.Pod, namespaces []*corev1.Namespace, subject func(*corev1.Pod) bool) (map[types.NamespacedName]*PodPolicy, []Problem) {
 	r := &resolver{nsLabels: map[string]labels.Set{}}
 	for _, ns := range namespaces {
 		r.nsLabels[ns.Name] = ns.Labels
@@ -90,6 +97,9 @@ func Resolve(policies []*networkingv1.NetworkPolicy, pods []*corev1.Pod, namespa
 			continue
 		}
 		r.pods = append(r.pods, resolvedPod{pod: p, ips: ips})
+		if subject != nil && !subject(p) {
+			continue
+		}
 		k := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
 		out[k] = &PodPolicy{Pod: k, IPs: ips}
 	}
@@ -112,6 +122,9 @@ func Resolve(policies []*networkingv1.NetworkPolicy, pods []*corev1.Pod, namespa
 			}
 			k := types.NamespacedName{Namespace: sp.pod.Namespace, Name: sp.pod.Name}
 			pp := out[k]
+			if pp == nil {
+				continue // not a subject
+			}
 			a := accs[k]
 			if a == nil {
 				a = &[2]acc{}
