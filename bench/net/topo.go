@@ -128,7 +128,7 @@ func (b *bench) addPod(ctx context.Context, n *node) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	conf := netconf.Conflist(n.local.PodCIDR.String(), n.facts.MTU, filepath.Join(dir, "ipam"))
+	conf := netconf.Conflist(n.local.PodCIDR.String(), n.facts.MTU, filepath.Join(dir, "ipam"), "")
 	list, err := libcni.ConfListFromBytes(conf)
 	if err != nil {
 		return fmt.Errorf("parse the conflist of %s: %w", n.local.Node, err)

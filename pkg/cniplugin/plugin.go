@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podnet/podnet/pkg/ipam"
+	"github.com/podnet/podnet/pkg/policy/announce"
 	"github.com/podnet/podnet/pkg/wire"
 )
 
@@ -48,7 +49,10 @@ type Plugin struct {
 	Delegate Delegate
 	// OpenStore opens the built-in IPAM's store of one network.
 	OpenStore func(dataDir, network string) (ipam.Store, error)
-	Log       *slog.Logger
+	// Announce tells podnetd a new pod's addresses and waits until its
+	// NetworkPolicy is in the kernel (announce.Send; a fake in tests).
+	Announce func(ctx context.Context, socket string, p announce.Pod) (announce.Reply, error)
+	Log      *slog.Logger
 }
 
 // New returns the plugin wired to the real kernel, the on-disk store and
@@ -60,6 +64,7 @@ func New(log *slog.Logger) *Plugin {
 		OpenStore: func(dataDir, network string) (ipam.Store, error) {
 			return ipam.NewDiskStore(dataDir, network)
 		},
-		Log: log,
+		Announce: announce.Send,
+		Log:      log,
 	}
 }

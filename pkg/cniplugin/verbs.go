@@ -65,6 +65,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return cniError(err)
 	}
+	if err := p.announce(conf, pod, plan); err != nil {
+		return err
+	}
 	res := buildResult(conf, args, plan, br.MAC, at)
 	if conf.RawPrevResult != nil {
 		if res, err = mergePrev(conf, res); err != nil {

@@ -11,11 +11,16 @@ import (
 const ConflistName = "10-podnet.conflist"
 
 // Conflist is the node conflist: the podnet plugin with the node's pod
-// subnet and MTU, then the reference portmap plugin for hostPorts.
-func Conflist(podCIDR string, mtu int, dataDir string) []byte {
+// subnet and MTU (and podnetd's policy socket, when NetworkPolicy is on),
+// then the reference portmap plugin for hostPorts.
+func Conflist(podCIDR string, mtu int, dataDir, policySocket string) []byte {
+	podnet := map[string]any{"type": "podnet", "bridge": DefaultBridge, "mtu": mtu,
+		"ipam": map[string]any{"ranges": [][]map[string]string{{{"subnet": podCIDR}}}, "dataDir": dataDir}}
+	if policySocket != "" {
+		podnet["policySocket"] = policySocket
+	}
 	conf := map[string]any{"cniVersion": "1.1.0", "name": "podnet", "plugins": []any{
-		map[string]any{"type": "podnet", "bridge": DefaultBridge, "mtu": mtu,
-			"ipam": map[string]any{"ranges": [][]map[string]string{{{"subnet": podCIDR}}}, "dataDir": dataDir}},
+		podnet,
 		map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "backend": "nftables"},
 	}}
 	b, _ := json.MarshalIndent(conf, "", "  ")

@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -74,6 +75,11 @@ type Config struct {
 	// NetworkPolicy runs the NetworkPolicy engine (package policy): the
 	// policies of this node's pods, in the table "inet podnet-policy".
 	NetworkPolicy bool
+	// PolicySocket is where the CNI plugin announces new pods, so that
+	// their policy holds from the first packet (package policy/announce;
+	// written into the conflist). Empty: no announcements; pods are
+	// policed once the Pod informer shows their IP.
+	PolicySocket string
 	// ProxyOnly runs the Service proxy alone: no backend, CNI config,
 	// egress masquerade or Node facts (another network provides them).
 	ProxyOnly bool
@@ -167,6 +173,9 @@ type Agent struct {
 	policyNFT  knftables.Interface // nil: the nft binary
 	polw       *policyWatch
 	pokePolicy func()
+	polSync    syncCounter // policy passes started and done
+	pendingMu  sync.Mutex
+	pending    map[types.NamespacedName]pendingPod // announced by the plugin, IP not yet in the API
 }
 
 // New returns an agent.
@@ -322,7 +331,7 @@ func (a *Agent) publishFacts(ctx context.Context, self *corev1.Node) error {
 			break
 		}
 	}
-	conf := netconf.Conflist(a.local.PodCIDR.String(), a.mtu, a.cfg.PodnetDataDir)
+	conf := netconf.Conflist(a.local.PodCIDR.String(), a.mtu, a.cfg.PodnetDataDir, a.cfg.PolicySocket)
 	if wrote, err := netconf.WriteConflist(a.cfg.CNIConfDir, conf); err != nil {
 		return fmt.Errorf("write the CNI config: %w", err)
 	} else if wrote {

@@ -201,7 +201,7 @@ func TestKernelCleanup(t *testing.T) {
 	ns.MustRun(t, "ip", "route", "add", "10.99.0.0/16", "dev", "eth1", "proto", "201", "table", "200")
 	ns.MustRun(t, "ip", "-6", "route", "add", "fd00:99::/64", "dev", "eth1", "proto", "201")
 
-	conf := netconf.Conflist(local.PodCIDR.String(), facts.MTU, node.DataDir)
+	conf := netconf.Conflist(local.PodCIDR.String(), facts.MTU, node.DataDir, "")
 	if _, err := netconf.WriteConflist(confDir, conf); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 
 func TestCleanupConflist(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := netconf.WriteConflist(dir, netconf.Conflist("10.244.1.0/24", 1450, "/data/podnet")); err != nil {
+	if _, err := netconf.WriteConflist(dir, netconf.Conflist("10.244.1.0/24", 1450, "/data/podnet", "")); err != nil {
 		t.Fatal(err)
 	}
 	other := filepath.Join(dir, "05-other.conflist")

@@ -16,6 +16,7 @@ import (
 
 	"github.com/podnet/podnet/pkg/backend"
 	"github.com/podnet/podnet/pkg/ipam"
+	"github.com/podnet/podnet/pkg/policy/announce"
 )
 
 // Options are podnetd's settings as a person gives them: on the command
@@ -320,7 +321,7 @@ func (o *Options) Config(node string) (Config, error) {
 	}
 	return Config{NodeName: node, Backend: o.Backend, MTU: o.MTU, CNIConfDir: o.CNIConfDir,
 		PodnetDataDir: o.PodnetDataDir, ClusterCIDRs: cidrs, ServiceProxy: o.ServiceProxy,
-		NetworkPolicy: o.NetworkPolicy, NodePortAddresses: nps, ProxyOnly: !o.Network}, nil
+		NetworkPolicy: o.NetworkPolicy, PolicySocket: policySocket(o.NetworkPolicy), NodePortAddresses: nps, ProxyOnly: !o.Network}, nil
 }
 
 // parsePrefixes parses comma-separated prefixes ("" is none).
@@ -367,4 +368,12 @@ func checkListen(s string) error {
 		return fmt.Errorf("%q: give an address and port such as 127.0.0.1:9965 (or nothing to serve no endpoints)", s)
 	}
 	return nil
+}
+
+// policySocket is where podnetd hears of new pods when NetworkPolicy is on.
+func policySocket(on bool) string {
+	if on {
+		return announce.DefaultSocket
+	}
+	return ""
 }

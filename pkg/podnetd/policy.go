@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -47,8 +48,8 @@ func watchPolicies(f informers.SharedInformerFactory, poke func()) *policyWatch 
 		synced: []cache.InformerSynced{np.Informer().HasSynced, pods.Informer().HasSynced, nss.Informer().HasSynced}}
 }
 
-// newEnforcer builds the NetworkPolicy engine on its nft table, and makes
-// sure bridged pod-to-pod traffic passes the inet hooks it sits in.
+// newEnforcer builds the NetworkPolicy engine on its nft table, and says
+// so when bridged pod-to-pod traffic would not pass the hooks it sits in.
 func (a *Agent) newEnforcer() error {
 	nft := a.policyNFT
 	if nft == nil {
@@ -56,11 +57,13 @@ func (a *Agent) newEnforcer() error {
 		if nft, err = knftables.New(knftables.InetFamily, policy.TableName); err != nil {
 			return fmt.Errorf("nftables for NetworkPolicy: %w", err)
 		}
-		// Pods of one node talk over the cni0 bridge; without this a
-		// bridged packet never reaches the forward hook, and same-node
-		// traffic would pass unpoliced.
-		if err := os.WriteFile(bridgeNFCall, []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("NetworkPolicy needs bridged traffic in netfilter: write 1 to %s (load br_netfilter): %w", bridgeNFCall, err)
+		// Pods of one node talk over the cni0 bridge: without
+		// br_netfilter's bridge-nf-call-iptables (the plugin sets it when
+		// it sets up the bridge) a bridged packet never reaches the
+		// forward hook, and same-node traffic passes unpoliced.
+		if b, err := os.ReadFile(bridgeNFCall); err != nil || strings.TrimSpace(string(b)) != "1" {
+			a.log.Error("NetworkPolicy cannot police traffic between pods of this node: bridged packets skip netfilter; load br_netfilter (modprobe br_netfilter) and set net.bridge.bridge-nf-call-iptables=1",
+				"part", "network-policy", "sysctl", bridgeNFCall)
 		}
 	}
 	a.enforcer = policy.NewEnforcer(nft, policy.Config{Log: a.log.With("part", "network-policy"), Metrics: a.cfg.Metrics})
@@ -72,11 +75,13 @@ const bridgeNFCall = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 // policyPass is one sync of the NetworkPolicy engine: every policy, pod
 // and namespace from the caches, resolved for the pods of this node.
 func (a *Agent) policyPass(ctx context.Context) (bool, error) {
+	gen := a.polSync.start()
 	err := a.syncPolicy(ctx)
 	a.PolicyHealth.Record(err)
 	if err != nil {
 		return true, fmt.Errorf("network policy: %w", err)
 	}
+	a.polSync.finish(gen)
 	if a.enforcer.Pending() {
 		a.pokePolicyLater(policyStaleRetry)
 	}
@@ -97,7 +102,7 @@ func (a *Agent) syncPolicy(ctx context.Context) error {
 		return fmt.Errorf("list namespaces: %w", err)
 	}
 	local := func(p *corev1.Pod) bool { return p.Spec.NodeName == a.cfg.NodeName }
-	resolved, problems := policy.ResolveFor(nps, pods, nss, local)
+	resolved, problems := policy.ResolveFor(nps, a.withPending(pods), nss, local)
 	for _, p := range problems {
 		a.log.Warn("networkpolicy cannot be read; the pods it selects allow nothing it names", "policy", p.Policy.String(), "err", p.Err)
 	}

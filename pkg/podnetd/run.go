@@ -11,6 +11,8 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
+
+	"github.com/podnet/podnet/pkg/policy/announce"
 )
 
 // Run runs until ctx ends, and returns nil then (an error only at once, if
@@ -58,6 +60,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		policySynced = a.polw.synced
 		nf.Start(ctx.Done())
 		defer nf.Shutdown()
+		if a.cfg.PolicySocket != "" {
+			go func() {
+				if err := announce.Listen(ctx, a.cfg.PolicySocket, announce.Handler(a.programPod)); err != nil {
+					a.log.Error("the CNI plugin cannot announce new pods: they cannot start until this is fixed", "part", "network-policy", "err", err)
+				}
+			}()
+		}
 	}
 	if a.events == nil && !a.cfg.ProxyOnly {
 		b := record.NewBroadcaster(record.WithContext(ctx))

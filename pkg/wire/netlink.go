@@ -67,6 +67,15 @@ func (Netlink) EnsureBridge(b Bridge) (BridgeLink, error) {
 		if err := ensureSysctl("net/ipv4/ip_forward", "1"); err != nil {
 			return BridgeLink{}, err
 		}
+		// Bridged pod-to-pod packets pass netfilter's inet hooks: what
+		// NetworkPolicy on one node and Service replies on one bridge
+		// need. Only where br_netfilter is there (it loads as a module
+		// elsewhere; podnetd warns when it is missing).
+		if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err == nil {
+			if err := ensureSysctl("net/bridge/bridge-nf-call-iptables", "1"); err != nil {
+				return BridgeLink{}, err
+			}
+		}
 	}
 	if v6 {
 		if err := ensureSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
