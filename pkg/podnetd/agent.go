@@ -171,6 +171,7 @@ type Agent struct {
 	// The NetworkPolicy engine (nil unless Config.NetworkPolicy).
 	enforcer   *policy.Enforcer
 	policyNFT  knftables.Interface // nil: the nft binary
+	policyCT   policy.Conntrack    // nil: netlink (none with a fake nft)
 	polw       *policyWatch
 	pokePolicy func()
 	polSync    syncCounter // policy passes started and done

@@ -24,6 +24,10 @@ func WithPolicyNFTables(nft knftables.Interface) Option {
 	return func(a *Agent) { a.policyNFT = nft }
 }
 
+// WithPolicyConntrack makes the NetworkPolicy engine cut forbidden flows
+// through c (policy.FakeConntrack in tests) instead of netlink.
+func WithPolicyConntrack(c policy.Conntrack) Option { return func(a *Agent) { a.policyCT = c } }
+
 // policyWatch is what the NetworkPolicy engine reads: NetworkPolicies,
 // Pods and Namespaces, from informers of their own. Every pod of the
 // cluster is read (a policy's peers may be anywhere); only this node's
@@ -66,7 +70,11 @@ func (a *Agent) newEnforcer() error {
 				"part", "network-policy", "sysctl", bridgeNFCall)
 		}
 	}
-	a.enforcer = policy.NewEnforcer(nft, policy.Config{Log: a.log.With("part", "network-policy"), Metrics: a.cfg.Metrics})
+	ct := a.policyCT
+	if ct == nil && a.policyNFT == nil {
+		ct = policy.NewConntrack()
+	}
+	a.enforcer = policy.NewEnforcer(nft, policy.Config{Log: a.log.With("part", "network-policy"), Metrics: a.cfg.Metrics, Conntrack: ct})
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -36,6 +37,8 @@ type Config struct {
 	Metrics prometheus.Registerer
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Conntrack cuts the flows a tightened policy forbids (nil: none).
+	Conntrack Conntrack
 }
 
 // Enforcer keeps the policy table equal to the PodPolicies of this node's
@@ -104,7 +107,9 @@ func (e *Enforcer) Sync(ctx context.Context, pods map[types.NamespacedName]*PodP
 		e.needFull = true
 		return err
 	}
+	old := e.written
 	e.written, e.maps, e.needFull = want.chains, want.maps, false
+	e.cut(old, want)
 	if mode == "full" {
 		e.lastFull = start
 	}
@@ -248,6 +253,47 @@ func (e *Enforcer) partial(ctx context.Context, want *desired, now time.Time) er
 	return nil
 }
 
+// cut deletes the conntrack entries of the pods whose chains changed (or
+// appeared) that their new policy forbids. Pods whose chains are the same
+// keep every flow: it was allowed before and still is. Errors are logged:
+// the table itself is right.
+func (e *Enforcer) cut(old map[string]*podChain, want *desired) {
+	if e.cfg.Conntrack == nil {
+		return
+	}
+	var changed [2]map[netip.Addr]*podChain
+	n := 0
+	for name, c := range want.chains {
+		if o := old[name]; o != nil && o.fingerprint == c.fingerprint {
+			continue
+		}
+		if changed[c.dir] == nil {
+			changed[c.dir] = map[netip.Addr]*podChain{}
+		}
+		for _, ip := range c.ips {
+			changed[c.dir][ip] = c
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	forbid := func(f Flow) bool {
+		if c := changed[Egress][f.Src]; c != nil && !c.allow.allows(f.Dst, f.Proto, f.Port) {
+			return true
+		}
+		c := changed[Ingress][f.Dst]
+		return c != nil && !c.allow.allows(f.Src, f.Proto, f.Port)
+	}
+	cut, err := e.cfg.Conntrack.Cut(forbid)
+	e.metrics.cut.Add(float64(cut))
+	if err != nil {
+		e.log.Warn("cutting the connections a changed policy forbids", "err", err)
+	} else if cut > 0 {
+		e.log.Info("cut connections the changed policies forbid", "flows", cut)
+	}
+}
+
 // Pending says whether stale chains wait to be deleted: the caller should
 // sync again after staleChainDelay even if nothing changes.
 func (e *Enforcer) Pending() bool {
@@ -290,6 +336,7 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	syncs    *prometheus.CounterVec
 	isolated *prometheus.GaugeVec
+	cut      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -301,9 +348,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "NetworkPolicy syncs by mode and result (a failed partial sync is followed by a full one)."}, []string{"mode", "result"}),
 		isolated: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "podnet_policy_isolated_pods",
 			Help: "Local pods isolated by some policy after the last successful sync, by direction."}, []string{"direction"}),
+		cut: prometheus.NewCounter(prometheus.CounterOpts{Name: "podnet_policy_conntrack_cut_total",
+			Help: "Connections cut (conntrack entries deleted) because a changed policy forbids them."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.duration, m.syncs, m.isolated)
+		reg.MustRegister(m.duration, m.syncs, m.isolated, m.cut)
 	}
 	return m
 }

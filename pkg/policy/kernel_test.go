@@ -123,7 +123,7 @@ func newKernelLab(t *testing.T) *kernelLab {
 		"add rule ip svc pre ip daddr 10.96.0.10 tcp dport 80 dnat to 10.244.1.3:8080; "+
 		"add chain ip svc post { type nat hook postrouting priority 100; }; "+
 		"add rule ip svc post ct status dnat ip saddr 10.244.1.3 ip daddr 10.244.1.3 masquerade")
-	k.enf = NewEnforcer(netnstest.GuardedNFT(t, n, knftables.InetFamily, TableName), Config{})
+	k.enf = NewEnforcer(netnstest.GuardedNFT(t, n, knftables.InetFamily, TableName), Config{Conntrack: NewConntrack()})
 	return k
 }
 
@@ -235,7 +235,7 @@ func (k *kernelLab) ns(name string) *netnstest.NS {
 	return k.pods[name]
 }
 
-func addrOf(name string) string {
+func labAddr(name string) string {
 	for _, p := range kernelPods {
 		if p.name == name {
 			return p.ip
@@ -249,7 +249,7 @@ func (k *kernelLab) check(t *testing.T, probes ...probe) {
 	for _, p := range probes {
 		to := p.to
 		if !strings.Contains(to, ".") {
-			to = addrOf(to)
+			to = labAddr(to)
 		}
 		got := tcpOutcome(k.ns(p.from), fmt.Sprintf("%s:%d", to, p.port))
 		want := "timed out"
@@ -314,25 +314,23 @@ func TestKernelPolicy(t *testing.T) {
 		}
 	})
 
-	t.Run("established connections keep their replies; new ones follow the policy", func(t *testing.T) {
+	t.Run("tightening cuts established flows it forbids; loosening keeps every flow", func(t *testing.T) {
 		k.apply(t)
-		var c net.Conn
-		if err := k.pods["c"].Do(func() (err error) { c, err = net.DialTimeout("tcp", "10.244.1.3:8080", time.Second); return err }); err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialKeep(t, k.pods["c"], "10.244.1.3:8080") // will be forbidden
+		a := dialKeep(t, k.pods["a"], "10.244.1.3:8080") // stays allowed
 		k.apply(t, allowFromA)
-		// The connection was allowed when it started: it stays (cutting
-		// tightened flows is conntrack's job, not this table's).
-		if _, err := c.Write([]byte("still there")); err != nil {
-			t.Errorf("write on an established connection: %v", err)
+		if err := roundTrip(c); err == nil {
+			t.Error("c's connection to b still carries data after allow-from-pod-a forbade it")
 		}
-		_ = c.SetReadDeadline(time.Now().Add(time.Second))
-		b := make([]byte, 1)
-		if _, err := c.Read(b); err != nil {
-			t.Errorf("reply on an established connection: %v", err)
+		if err := roundTrip(a); err != nil {
+			t.Errorf("a's connection to b, still allowed, broke: %v", err)
 		}
 		k.check(t, probe{"c", "b", 8080, ""})
+		a2 := dialKeep(t, k.pods["a"], "10.244.1.3:8080")
+		k.apply(t) // loosen: a's flow keeps going
+		if err := roundTrip(a2); err != nil {
+			t.Errorf("a's connection broke when the policy was removed: %v", err)
+		}
 	})
 
 	t.Run("ipBlock with except, from outside", func(t *testing.T) {
@@ -406,7 +404,7 @@ func TestKernelPolicy(t *testing.T) {
 
 	t.Run("restart: a new Enforcer adopts the table without a gap", func(t *testing.T) {
 		k.apply(t, allowFromA)
-		k.enf = NewEnforcer(netnstest.GuardedNFT(t, k.node, knftables.InetFamily, TableName), Config{})
+		k.enf = NewEnforcer(netnstest.GuardedNFT(t, k.node, knftables.InetFamily, TableName), Config{Conntrack: NewConntrack()})
 		k.apply(t, allowFromA)
 		k.check(t, probe{"a", "b", 8080, "b"}, probe{"c", "b", 8080, ""})
 	})
@@ -433,4 +431,40 @@ func TestKernelPolicy(t *testing.T) {
 		}
 		k.check(t, probe{"c", "b", 8080, "b"})
 	})
+}
+
+// dialKeep opens a TCP connection from ns and reads the server's name.
+func dialKeep(t *testing.T, ns *netnstest.NS, addr string) net.Conn {
+	t.Helper()
+	var c net.Conn
+	if err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp", addr, time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	b := make([]byte, 16)
+	if _, err := c.Read(b); err != nil {
+		t.Fatalf("connect to %s: %v", addr, err)
+	}
+	return c
+}
+
+// roundTrip writes on c and waits for the server's TCP acknowledgement:
+// the server answers nothing (it discards), so a tiny write followed by a
+// half-close shows whether the stream still works: the server, seeing EOF,
+// writes its byte count.
+func roundTrip(c net.Conn) error {
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+	b := make([]byte, 32)
+	n, err := c.Read(b)
+	if n > 0 {
+		return nil
+	}
+	return err
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 
@@ -96,6 +97,8 @@ type podChain struct {
 	dir         Direction
 	name        string
 	by          []string // the policies that isolate the pod, for the comment
+	allow       *Allowed // what the chain allows (for conntrack cuts)
+	ips         []netip.Addr
 	rules       []string
 	any         [][]string // element keys of the -any set
 	ports       [][]string // element keys of the -ports set
@@ -132,7 +135,7 @@ func renderPod(pp *PodPolicy) []*podChain {
 			continue
 		}
 		dir := Direction(d)
-		c := &podChain{pod: pp.Pod, dir: dir, name: chainName(dir, pp.Pod), by: pp.By[d]}
+		c := &podChain{pod: pp.Pod, dir: dir, name: chainName(dir, pp.Pod), by: pp.By[d], allow: &pp.Allow[d], ips: pp.IPs}
 		peer := "ip saddr"
 		if dir == Egress {
 			peer = "ip daddr"
