@@ -177,6 +177,7 @@ type Agent struct {
 	polSync    syncCounter // policy passes started and done
 	pendingMu  sync.Mutex
 	pending    map[types.NamespacedName]pendingPod // announced by the plugin, IP not yet in the API
+	podIPs     map[netip.Addr]string               // every pod's address, for the deny log
 }
 
 // New returns an agent.

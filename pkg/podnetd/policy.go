@@ -3,8 +3,12 @@ package podnetd
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -75,6 +79,9 @@ func (a *Agent) newEnforcer() error {
 		ct = policy.NewConntrack()
 	}
 	a.enforcer = policy.NewEnforcer(nft, policy.Config{Log: a.log.With("part", "network-policy"), Metrics: a.cfg.Metrics, Conntrack: ct})
+	if a.cfg.Metrics != nil {
+		a.cfg.Metrics.MustRegister(newDropsCollector(a))
+	}
 	return nil
 }
 
@@ -109,6 +116,17 @@ func (a *Agent) syncPolicy(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list namespaces: %w", err)
 	}
+	ips := map[netip.Addr]string{}
+	for _, p := range pods {
+		for _, ip := range p.Status.PodIPs {
+			if ad, err := netip.ParseAddr(ip.IP); err == nil && !p.Spec.HostNetwork {
+				ips[ad] = p.Namespace + "/" + p.Name
+			}
+		}
+	}
+	a.pendingMu.Lock()
+	a.podIPs = ips
+	a.pendingMu.Unlock()
 	local := func(p *corev1.Pod) bool { return p.Spec.NodeName == a.cfg.NodeName }
 	resolved, problems := policy.ResolveFor(nps, a.withPending(pods), nss, local)
 	for _, p := range problems {
@@ -126,4 +144,90 @@ func CleanupNetworkPolicy(ctx context.Context) error {
 		return fmt.Errorf("nftables for NetworkPolicy: %w", err)
 	}
 	return policy.NewEnforcer(nft, policy.Config{}).Cleanup(ctx)
+}
+
+// logDrops writes one line per logged drop (policy.ReadDrops), naming both
+// ends and the policies that isolate the pod that refused it, until ctx
+// ends.
+func (a *Agent) logDrops(ctx context.Context) {
+	log := a.log.With("part", "network-policy")
+	err := policy.ReadDrops(ctx, policy.LogGroup, func(d policy.Drop) {
+		info, ok := a.enforcer.Chain(d.Chain)
+		if !ok {
+			log.Info("policy drop", "chain", d.Chain, "src", d.Src, "dst", d.Dst, "proto", protoName(d.Proto), "port", d.Port)
+			return
+		}
+		by := "default deny of " + info.Pod.String() + " (" + info.Direction.String() + ") by " + strings.Join(info.By, ",")
+		log.Info("policy drop", "direction", info.Direction.String(), "pod", info.Pod.String(), "policy", by,
+			"src", d.Src, "src_pod", a.podAt(d.Src), "dst", d.Dst, "dst_pod", a.podAt(d.Dst),
+			"proto", protoName(d.Proto), "port", d.Port)
+	})
+	if err != nil {
+		log.Warn("no deny log: NFLOG cannot be read (drops are still counted)", "err", err)
+	}
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case 1:
+		return "icmp"
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 132:
+		return "sctp"
+	}
+	return fmt.Sprint(p)
+}
+
+// podAt names the pod with address ip ("" if none is known).
+func (a *Agent) podAt(ip netip.Addr) string {
+	a.pendingMu.Lock()
+	defer a.pendingMu.Unlock()
+	return a.podIPs[ip]
+}
+
+// dropsCollector is podnet_policy_drops_total, read from the pod chains'
+// counters at each scrape: the packets dropped, by the namespace of the
+// pod that refused them, the policies that isolate it, and the direction.
+type dropsCollector struct {
+	a    *Agent
+	desc *prometheus.Desc
+}
+
+func newDropsCollector(a *Agent) *dropsCollector {
+	return &dropsCollector{a: a, desc: prometheus.NewDesc("podnet_policy_drops_total",
+		"Packets dropped by NetworkPolicy on this node, by the namespace of the pod that refused them (ingress) or sent them (egress), the policies isolating it (comma-separated), and the direction.",
+		[]string{"namespace", "policy", "direction"}, nil)}
+}
+
+func (c *dropsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *dropsCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.a.enforcer == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	counts, err := c.a.enforcer.Drops(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	sum := map[[3]string]uint64{}
+	for chain, n := range counts {
+		info, ok := c.a.enforcer.Chain(chain)
+		if !ok {
+			continue
+		}
+		var names []string
+		for _, b := range info.By {
+			names = append(names, b[strings.Index(b, "/")+1:])
+		}
+		sum[[3]string{info.Pod.Namespace, strings.Join(names, ","), info.Direction.String()}] += n
+	}
+	for k, n := range sum {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), k[0], k[1], k[2])
+	}
 }

@@ -60,6 +60,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		policySynced = a.polw.synced
 		nf.Start(ctx.Done())
 		defer nf.Shutdown()
+		if a.policyNFT == nil {
+			go a.logDrops(ctx)
+		}
 		if a.cfg.PolicySocket != "" {
 			go func() {
 				if err := announce.Listen(ctx, a.cfg.PolicySocket, announce.Handler(a.programPod)); err != nil {

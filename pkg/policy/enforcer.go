@@ -180,6 +180,9 @@ func (e *Enforcer) writeFull(tx *knftables.Transaction, want *desired, have map[
 			for _, s := range sets[ch] {
 				tx.Delete(&knftables.Set{Name: s})
 			}
+			if slices.Contains(have["counter"], ch) {
+				tx.Delete(&knftables.Counter{Name: ch})
+			}
 			continue
 		}
 		if !known {
@@ -188,13 +191,18 @@ func (e *Enforcer) writeFull(tx *knftables.Transaction, want *desired, have map[
 		tx.Flush(&knftables.Chain{Name: ch})
 		stale[ch] = since
 	}
-	// Sets whose chain is gone already (a crash between the two).
+	// Sets and counters whose chain is gone already.
 	for ch, ss := range sets {
 		if want.chains[ch] != nil || slices.Contains(have["chain"], ch) {
 			continue
 		}
 		for _, s := range ss {
 			tx.Delete(&knftables.Set{Name: s})
+		}
+	}
+	for _, ctr := range have["counter"] {
+		if isPodObject(ctr) && want.chains[ctr] == nil && !slices.Contains(have["chain"], ctr) {
+			tx.Delete(&knftables.Counter{Name: ctr})
 		}
 	}
 	return stale
@@ -240,6 +248,7 @@ func (e *Enforcer) partial(ctx context.Context, want *desired, now time.Time) er
 			tx.Delete(&knftables.Chain{Name: name})
 			tx.Delete(&knftables.Set{Name: c.anySet()})
 			tx.Delete(&knftables.Set{Name: c.portsSet()})
+			tx.Delete(&knftables.Counter{Name: name})
 			continue
 		}
 		stale[name] = since
@@ -292,6 +301,40 @@ func (e *Enforcer) cut(old map[string]*podChain, want *desired) {
 	} else if cut > 0 {
 		e.log.Info("cut connections the changed policies forbid", "flows", cut)
 	}
+}
+
+// ChainInfo is what a pod chain stands for.
+type ChainInfo struct {
+	Pod       types.NamespacedName
+	Direction Direction
+	By        []string // the policies that isolate the pod (namespace/name)
+}
+
+// Chain says what the pod chain name (a deny log's prefix) stands for, as
+// the last successful sync wrote it.
+func (e *Enforcer) Chain(name string) (ChainInfo, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := e.written[name]
+	if c == nil {
+		return ChainInfo{}, false
+	}
+	return ChainInfo{Pod: c.pod, Direction: c.dir, By: c.by}, true
+}
+
+// Drops reads the pod chains' drop counters: packets dropped per chain.
+func (e *Enforcer) Drops(ctx context.Context) (map[string]uint64, error) {
+	cs, err := e.nft.ListCounters(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list counters of table inet %s: %w", TableName, err)
+	}
+	out := map[string]uint64{}
+	for _, c := range cs {
+		if isPodObject(c.Name) && c.Packets != nil {
+			out[c.Name] = *c.Packets
+		}
+	}
+	return out, nil
 }
 
 // Pending says whether stale chains wait to be deleted: the caller should

@@ -91,7 +91,9 @@ func evalFake(t *testing.T, fake *knftables.Fake, p packet) bool {
 						return "return"
 					}
 				}
-			case rule == "counter drop":
+			case strings.HasPrefix(rule, logRate+" log prefix "):
+				// the deny log: no verdict
+			case strings.HasPrefix(rule, "counter name ") && strings.HasSuffix(rule, " drop"):
 				return "drop"
 			default:
 				t.Fatalf("evaluator does not know rule %q in %s", rule, chain)

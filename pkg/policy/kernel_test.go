@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/knftables"
 
@@ -333,6 +335,46 @@ func TestKernelPolicy(t *testing.T) {
 		}
 	})
 
+	t.Run("deny log: each drop names the pod, direction and policy, and is counted", func(t *testing.T) {
+		k.apply(t, allowFromA)
+		ctx, cancel := context.WithCancel(context.Background())
+		drops := make(chan Drop, 64)
+		done := make(chan error, 1)
+		go func() {
+			done <- k.node.Do(func() error { return ReadDrops(ctx, LogGroup, func(d Drop) { drops <- d }) })
+		}()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("ReadDrops: %v", err)
+			}
+		}()
+		time.Sleep(100 * time.Millisecond) // bound
+		k.check(t, probe{"c", "b", 8080, ""})
+		select {
+		case d := <-drops:
+			want := Drop{Chain: chainName(Ingress, nn("default", "b")), Src: netip.MustParseAddr("10.244.1.4"),
+				Dst: netip.MustParseAddr("10.244.1.3"), Proto: 6, Port: 8080}
+			if d != want {
+				t.Errorf("logged %+v, want %+v", d, want)
+			}
+			info, ok := k.enf.Chain(d.Chain)
+			if !ok || info.Pod != nn("default", "b") || info.Direction != Ingress || len(info.By) != 1 || info.By[0] != "default/allow-from-pod-a" {
+				t.Errorf("chain %s stands for %+v (%v), want ingress of default/b by default/allow-from-pod-a", d.Chain, info, ok)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("no drop logged")
+		}
+		var counts map[string]uint64
+		if err := k.node.Do(func() (err error) { counts, err = k.enf.Drops(context.Background()); return err }); err != nil {
+			t.Fatal(err)
+		}
+		// the SYN and its retransmits
+		if n := counts[chainName(Ingress, nn("default", "b"))]; n < 1 {
+			t.Errorf("drop counters %v: none for b's ingress", counts)
+		}
+	})
+
 	t.Run("ipBlock with except, from outside", func(t *testing.T) {
 		k.apply(t, netpol("from-outside", networkingv1.NetworkPolicySpec{PodSelector: app("pod-b"),
 			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
@@ -468,3 +510,5 @@ func roundTrip(c net.Conn) error {
 	}
 	return err
 }
+
+func nn(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }

@@ -30,7 +30,8 @@ import (
 //	  chain in-<hash>-<ns>/<pod>         one per isolated pod and direction
 //	      ip saddr @in-…-any return                          any protocol, any port
 //	      ip saddr . meta l4proto . th dport @in-…-ports return
-//	      counter drop
+//	      limit rate 10/second … log prefix "in-…" group 7   the deny log (NFLOG)
+//	      counter name "in-…" drop                         every drop counted
 //	  set in-<hash>-…-any    ipv4_addr, interval
 //	  set in-<hash>-…-ports  ipv4_addr . inet_proto . inet_service, interval
 //
@@ -49,6 +50,9 @@ import (
 //     needed" included, so path-MTU discovery keeps working).
 //   - A packet costs two map lookups and at most two set lookups per
 //     isolated end, whatever the number of policies and pods.
+//   - Each pod chain has a named counter of its own name (the drops per
+//     pod, direction and policies: podnet_policy_drops_total) and logs its
+//     drops, rate-limited, to NFLOG with its name as the prefix.
 //   - Forbidden packets are dropped, not rejected: the client times out,
 //     as the network-policy-api conformance suite expects.
 
@@ -143,7 +147,8 @@ func renderPod(pp *PodPolicy) []*podChain {
 		c.rules = []string{
 			fmt.Sprintf("%s @%s return", peer, c.anySet()),
 			fmt.Sprintf("%s . meta l4proto . th dport @%s return", peer, c.portsSet()),
-			"counter drop",
+			fmt.Sprintf("%s log prefix %q group %d", logRate, c.name, LogGroup),
+			fmt.Sprintf("counter name %q drop", c.name),
 		}
 		for _, s := range pp.Allow[d].Any {
 			if s.First.Is4() {
@@ -249,6 +254,7 @@ func writePodChain(tx *knftables.Transaction, c *podChain) {
 	for _, k := range c.ports {
 		tx.Add(&knftables.Element{Set: c.portsSet(), Key: k})
 	}
+	tx.Add(&knftables.Counter{Name: c.name, Comment: knftables.PtrTo(comment)})
 	tx.Add(&knftables.Chain{Name: c.name, Comment: knftables.PtrTo(comment)})
 	tx.Flush(&knftables.Chain{Name: c.name})
 	for _, r := range c.rules {
