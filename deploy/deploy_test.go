@@ -261,11 +261,14 @@ func TestManifestRBAC(t *testing.T) {
 	o := addOn(t, decodeFile(t, manifest))
 	// Exactly what pkg/podnetd does with the API (see charts/podnet/templates/rbac.yaml).
 	want := map[string][]string{
-		"/nodes":                          {"list", "patch", "watch"},
-		"/nodes/status":                   {"patch"},
-		"/events":                         {"create", "patch"},
-		"/services":                       {"list", "watch"},
-		"discovery.k8s.io/endpointslices": {"list", "watch"},
+		"/nodes":                            {"list", "patch", "watch"},
+		"/nodes/status":                     {"patch"},
+		"/events":                           {"create", "patch"},
+		"/services":                         {"list", "watch"},
+		"discovery.k8s.io/endpointslices":   {"list", "watch"},
+		"networking.k8s.io/networkpolicies": {"list", "watch"},
+		"/pods":                             {"list", "watch"},
+		"/namespaces":                       {"list", "watch"},
 	}
 	got := map[string][]string{}
 	for _, r := range o.role.Rules {
@@ -361,7 +364,7 @@ func TestManifestDaemonSet(t *testing.T) {
 			hostPaths[v.Name] = v.HostPath.Path
 		}
 	}
-	if !reflect.DeepEqual(hostPaths, map[string]string{"cni-conf": "/etc/cni/net.d", "cni-bin": "/opt/cni/bin"}) {
+	if !reflect.DeepEqual(hostPaths, map[string]string{"cni-conf": "/etc/cni/net.d", "cni-bin": "/opt/cni/bin", "run-podnet": "/run/podnet"}) {
 		t.Errorf("hostPath volumes %v", hostPaths)
 	}
 	if cm := volumes["config"].ConfigMap; cm == nil || cm.Name != "podnet-config" {
@@ -386,7 +389,9 @@ func TestManifestDaemonSet(t *testing.T) {
 		c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		t.Errorf("env %+v: want NODE_NAME from spec.nodeName", c.Env)
 	}
-	if !mounts(c, "config", "/etc/podnet", true) || !mounts(c, "cni-conf", "/etc/cni/net.d", false) || len(c.VolumeMounts) != 2 {
+	// /run/podnet: the policy socket the plugin announces new pods on.
+	if !mounts(c, "config", "/etc/podnet", true) || !mounts(c, "cni-conf", "/etc/cni/net.d", false) ||
+		!mounts(c, "run-podnet", "/run/podnet", false) || len(c.VolumeMounts) != 3 {
 		t.Errorf("podnetd mounts %+v", c.VolumeMounts)
 	}
 	checkCaps(t, c, []corev1.Capability{"NET_ADMIN"})
