@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: seeds 003 and 004 replayed, then seeds 000 and 001's Services, with their own commands, on a lab
+# make demo: seeds 003 and 004 replayed, then seeds 000 and 001's Services and seed 001's NetworkPolicy, with their own commands, on a lab
 # cluster built on this machine (podnetctl lab up): the real Kubernetes
 # control plane, nodes made of namespaces, pods wired by the podnet plugin.
 # The lab is removed at the end (KEEP=1 keeps it for you to explore).
@@ -111,3 +111,42 @@ on node-1 kubectl set selector service broken app=web
 for _ in $(seq 50); do kc get endpoints broken -o jsonpath='{.subsets[0].addresses[0].ip}' 2>/dev/null | grep -q . && break; sleep 0.2; done
 on node-1 kubectl get endpoints broken
 on node-1 kubectl exec client -- wget -qO- -T 5 http://broken/hostname; echo
+
+say "Seed 001: NetworkPolicy allow-from-pod-a — pod-b takes TCP 8080 from app=pod-a only"
+on node-1 kubectl run pod-b --image=registry.k8s.io/e2e-test-images/agnhost --labels=app=pod-b --overrides='{"spec":{"nodeName":"node-1"}}' -- /agnhost netexec --http-port=8080
+on node-1 kubectl run pod-a --image=registry.k8s.io/e2e-test-images/agnhost --labels=app=pod-a --overrides='{"spec":{"nodeName":"node-2"}}' -- /agnhost pause
+on node-1 kubectl run pod-c --image=registry.k8s.io/e2e-test-images/agnhost --labels=app=pod-c --overrides='{"spec":{"nodeName":"node-1"}}' -- /agnhost pause
+kc wait --for=condition=Ready pod/pod-b pod/pod-a pod/pod-c --timeout=60s >/dev/null
+B=$(kc get pod pod-b -o jsonpath='{.status.podIP}')
+"$P" lab node node-1 -- kubectl apply -f - <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-from-pod-a
+  namespace: default
+spec:
+  podSelector:
+    matchLabels:
+      app: pod-b
+  policyTypes:
+  - Ingress
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: pod-a
+    ports:
+    - protocol: TCP
+      port: 8080
+YAML
+sleep 1
+on node-1 kubectl get networkpolicy -A
+on node-1 kubectl describe networkpolicy allow-from-pod-a
+echo "(pod-a on node-2, across nodes: allowed)"
+on node-1 kubectl exec pod-a -- /agnhost connect --timeout=3s "$B:8080" && echo connected
+echo "(pod-c on node-1, the same bridge as pod-b: dropped, the client times out)"
+on node-1 kubectl exec pod-c -- /agnhost connect --timeout=3s "$B:8080" || true
+echo "(podnetd on node-1 says who was refused, and by which policy)"
+sleep 1
+on node-1 sh -c 'kubectl -n kube-system logs $(kubectl -n kube-system get pods -l app.kubernetes.io/name=podnet --field-selector spec.nodeName=node-1 -o name) -c podnetd | grep "policy drop" | tail -1'
+on node-1 nft list chain inet podnet-policy pods

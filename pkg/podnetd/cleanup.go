@@ -18,6 +18,7 @@ import (
 	"github.com/podnet/podnet/pkg/ipam"
 	"github.com/podnet/podnet/pkg/masq"
 	"github.com/podnet/podnet/pkg/netconf"
+	"github.com/podnet/podnet/pkg/policy"
 	"github.com/podnet/podnet/pkg/proxy"
 )
 
@@ -28,8 +29,9 @@ import (
 //     atomic write may have left), first, so that the runtime starts no
 //     further pod on podnet here; its bridge, network name and store
 //     directory are read from it before it goes.
-//  2. The nftables tables inet podnet-masq, ip podnet-proxy and
-//     ip6 podnet-proxy, deleted whole (they are podnet's by name).
+//  2. The nftables tables inet podnet-masq, ip podnet-proxy,
+//     ip6 podnet-proxy and inet podnet-policy, deleted whole (they are
+//     podnet's by name).
 //  3. Every route with podnet's protocol (201), in every table and both
 //     families; then the VTEP podnet.1, if it is the one podnet makes
 //     (cleanup_links.go). Routes go first so that each is named.
@@ -65,7 +67,10 @@ type CleanupConfig struct {
 	// masq.Family/masq.TableName, proxy.IPv4.NFT and proxy.IPv6.NFT with
 	// proxy.TableName); nil: the nft binary.
 	MasqNFT, ProxyNFT, Proxy6NFT knftables.Interface
-	Now                          func() time.Time
+	// PolicyNFT reaches the NetworkPolicy table (knftables.InetFamily,
+	// policy.TableName); nil: the nft binary.
+	PolicyNFT knftables.Interface
+	Now       func() time.Time
 }
 
 // DefaultCleanupGrace is how young a reservation without a veth must be to
@@ -185,23 +190,24 @@ func cleanupConflist(dir string, nw *podnetNetwork, rep *CleanupReport) error {
 func cleanupTables(ctx context.Context, cfg CleanupConfig, rep *CleanupReport) error {
 	tables := []struct {
 		family knftables.Family
+		name   string
 		nft    knftables.Interface
 		del    func(knftables.Interface) error
 	}{
-		{masq.Family, cfg.MasqNFT, func(n knftables.Interface) error { return masq.New(n).Cleanup(ctx) }},
-		{proxy.IPv4.NFT, cfg.ProxyNFT, func(n knftables.Interface) error {
+		{masq.Family, masq.TableName, cfg.MasqNFT, func(n knftables.Interface) error { return masq.New(n).Cleanup(ctx) }},
+		{proxy.IPv4.NFT, proxy.TableName, cfg.ProxyNFT, func(n knftables.Interface) error {
 			return proxy.New(n, proxy.Config{Family: proxy.IPv4}).Cleanup(ctx)
 		}},
-		{proxy.IPv6.NFT, cfg.Proxy6NFT, func(n knftables.Interface) error {
+		{proxy.IPv6.NFT, proxy.TableName, cfg.Proxy6NFT, func(n knftables.Interface) error {
 			return proxy.New(n, proxy.Config{Family: proxy.IPv6}).Cleanup(ctx)
+		}},
+		{knftables.InetFamily, policy.TableName, cfg.PolicyNFT, func(n knftables.Interface) error {
+			return policy.NewEnforcer(n, policy.Config{}).Cleanup(ctx)
 		}},
 	}
 	var errs []error
 	for _, t := range tables {
-		name := masq.TableName
-		if t.family != masq.Family {
-			name = proxy.TableName
-		}
+		name := t.name
 		nft := t.nft
 		if nft == nil {
 			var err error

@@ -31,6 +31,7 @@ import (
 	"github.com/podnet/podnet/pkg/backend"
 	"github.com/podnet/podnet/pkg/masq"
 	"github.com/podnet/podnet/pkg/netconf"
+	"github.com/podnet/podnet/pkg/policy"
 	"github.com/podnet/podnet/pkg/proxy"
 )
 
@@ -47,8 +48,8 @@ func requireCleanupKernel(t *testing.T) {
 
 // cleanupNode is one node namespace and the nft handles of its tables.
 type cleanupNode struct {
-	ns                           *netnstest.NS
-	masqNFT, proxyNFT, proxy6NFT knftables.Interface
+	ns                                      *netnstest.NS
+	masqNFT, proxyNFT, proxy6NFT, policyNFT knftables.Interface
 }
 
 func newCleanupNode(t *testing.T, ns *netnstest.NS) *cleanupNode {
@@ -56,12 +57,13 @@ func newCleanupNode(t *testing.T, ns *netnstest.NS) *cleanupNode {
 		masqNFT:   netnstest.GuardedNFT(t, ns, masq.Family, masq.TableName),
 		proxyNFT:  netnstest.GuardedNFT(t, ns, proxy.IPv4.NFT, proxy.TableName),
 		proxy6NFT: netnstest.GuardedNFT(t, ns, proxy.IPv6.NFT, proxy.TableName),
+		policyNFT: netnstest.GuardedNFT(t, ns, knftables.InetFamily, policy.TableName),
 	}
 }
 
 func (n *cleanupNode) cleanup(t *testing.T, cfg CleanupConfig) CleanupReport {
 	t.Helper()
-	cfg.MasqNFT, cfg.ProxyNFT, cfg.Proxy6NFT = n.masqNFT, n.proxyNFT, n.proxy6NFT
+	cfg.MasqNFT, cfg.ProxyNFT, cfg.Proxy6NFT, cfg.PolicyNFT = n.masqNFT, n.proxyNFT, n.proxy6NFT, n.policyNFT
 	var rep CleanupReport
 	err := n.ns.Do(func() (err error) { rep, err = Cleanup(context.Background(), cfg); return err })
 	for _, r := range rep.Removed {
@@ -129,7 +131,7 @@ func podnetLeft(t *testing.T, ns *netnstest.NS, files ...string) []string {
 		}
 	}
 	tables := ns.MustRun(t, "nft", "list", "tables")
-	for _, tb := range []string{"table inet podnet-masq", "table ip podnet-proxy", "table ip6 podnet-proxy"} {
+	for _, tb := range []string{"table inet podnet-masq", "table ip podnet-proxy", "table ip6 podnet-proxy", "table inet podnet-policy"} {
 		if strings.Contains(tables+"\n", tb+"\n") {
 			left = append(left, tb)
 		}
@@ -191,7 +193,10 @@ func TestKernelCleanup(t *testing.T) {
 		svcs, slices := cleanupServices()
 		st := proxy.Build(proxy.IPv4, proxy.Node{Name: "node-1", IPs: []netip.Addr{local.NodeIP},
 			ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, PodCIDRs: []netip.Prefix{local.PodCIDR}}, svcs, slices)
-		return proxy.New(n.proxyNFT, proxy.Config{Family: proxy.IPv4}).Sync(ctx, st)
+		if err := proxy.New(n.proxyNFT, proxy.Config{Family: proxy.IPv4}).Sync(ctx, st); err != nil {
+			return err
+		}
+		return policy.NewEnforcer(n.policyNFT, policy.Config{}).Sync(ctx, nil)
 	})
 	if err != nil {
 		t.Fatalf("set up podnet's dataplane: %v", err)
@@ -249,7 +254,7 @@ func TestKernelCleanup(t *testing.T) {
 		!strings.Contains(rep.Kept[2], "pods still attached here") {
 		t.Errorf("kept %q", rep.Kept)
 	}
-	if want := []string{"CNI config", "nftables table inet podnet-masq", "nftables table ip podnet-proxy",
+	if want := []string{"CNI config", "nftables table inet podnet-masq", "nftables table ip podnet-proxy", "nftables table inet podnet-policy",
 		"route 10.244.2.0/24 via 10.244.2.0 dev podnet.1 proto 201 table main", "route 10.244.3.0/24", "route 10.99.0.0/16 dev eth1 proto 201 table 200",
 		"route fd00:99::/64", "VXLAN device podnet.1"}; !reportHas(rep.Removed, want) {
 		t.Errorf("removed %q; want %q", rep.Removed, want)
