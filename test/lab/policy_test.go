@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,6 +143,54 @@ func TestLabNetworkPolicy(t *testing.T) {
 			}
 		}
 		t.Logf("%d pod starts under deny-egress: %d first connects got through", starts, leaks)
+
+		// The same start while node-1's podnetd is stopped (SIGSTOP):
+		// nothing could program the pod, so it must not start at all
+		// until podnetd runs again — and then start closed. Without the
+		// CNI ADD waiting for podnetd, it would start and connect.
+		pid := podnetdPID(t, "node-1")
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		stopped := true
+		defer func() {
+			if stopped {
+				_ = syscall.Kill(pid, syscall.SIGCONT)
+			}
+		}()
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "starter-stopped", Namespace: "default", Labels: map[string]string{"app": "starter"}},
+			Spec: corev1.PodSpec{NodeName: "node-1", RestartPolicy: corev1.RestartPolicyNever, TerminationGracePeriodSeconds: new(int64),
+				Containers: []corev1.Container{{Name: "c", Image: "registry.k8s.io/e2e-test-images/agnhost:2.53",
+					Command: []string{"/agnhost", "connect", "--timeout=2s", ip + ":8080"}}}}}
+		if _, err := e.client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(8 * time.Second)
+		got, err := e.client.CoreV1().Pods("default").Get(ctx, "starter-stopped", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status.Phase != corev1.PodPending {
+			t.Errorf("starter-stopped is %s with node-1's podnetd stopped, want Pending (its CNI ADD waiting)", got.Status.Phase)
+		}
+		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		stopped = false
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			got, err = e.client.CoreV1().Pods("default").Get(ctx, "starter-stopped", metav1.GetOptions{})
+			if err == nil && (got.Status.Phase == corev1.PodSucceeded || got.Status.Phase == corev1.PodFailed) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("starter-stopped did not finish within 90 s of podnetd running again (%v)", got.Status.Phase)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if got.Status.Phase == corev1.PodSucceeded {
+			t.Error("starter-stopped connected to pod-b: it started unpoliced")
+		}
 	})
 	e.downLeavesNothing(t)
 }
