@@ -103,6 +103,10 @@ func TestLabNetworkPolicy(t *testing.T) {
 		t.Errorf("podnetd on node-1 logged no drop saying %q from default/other:\n%s", want, lastLines(log, 20))
 	}
 
+	t.Run("the API server frozen and podnetd killed: enforcement unchanged", func(t *testing.T) {
+		policyUnderFaults(t, e, ip)
+	})
+
 	if err := e.client.NetworkingV1().NetworkPolicies("default").Delete(ctx, "allow-from-pod-a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -201,4 +205,60 @@ func lastLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// policyUnderFaults: two pods probe pod-b (ip) five times a second — one
+// allowed by allow-from-pod-a (app=pod-a, on node-2), one forbidden
+// (app=other, on node-1, pod-b's bridge) — while the API server is frozen
+// and, meanwhile, podnetd on pod-b's node is killed and restarted by
+// kubelet. The table stays as it was: every allowed probe connects, no
+// forbidden one does, before, during and after.
+func policyUnderFaults(t *testing.T, e *env, ip string) {
+	ctx := context.Background()
+	loop := fmt.Sprintf(`while [ ! -e /tmp/stop ]; do if /agnhost connect --timeout=1s %s:8080 >/dev/null 2>&1; then echo ok; else echo refused; fi; sleep 0.2; done; echo end`, ip)
+	for _, p := range []struct{ name, node, app string }{{"probe-allowed", "node-2", "pod-a"}, {"probe-forbidden", "node-1", "other"}} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: "default", Labels: map[string]string{"app": p.app}},
+			Spec: corev1.PodSpec{NodeName: p.node, RestartPolicy: corev1.RestartPolicyNever, TerminationGracePeriodSeconds: new(int64),
+				Containers: []corev1.Container{{Name: "c", Image: deployAgnhost, Command: []string{"/bin/bash", "-c", loop}}}}}
+		if _, err := e.client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitRunning(t, "probe-allowed")
+	e.waitRunning(t, "probe-forbidden")
+	time.Sleep(3 * time.Second)
+	thaw := freezeAPIServer(t)
+	old := podnetdPID(t, "node-1")
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill -9 podnetd on node-1: %v", err)
+	}
+	waitPodnetdRestarted(t, "node-1", old)
+	time.Sleep(8 * time.Second) // the new podnetd waits for informers that cannot list
+	thaw()
+	waitFor(t, 30*time.Second, "podnetd on node-1 healthy after the API server returns", func() (bool, string) {
+		out := e.onNode("node-1", "curl -s 127.0.0.1:9965/healthz")
+		return strings.HasPrefix(out, "ok"), out
+	})
+	time.Sleep(3 * time.Second)
+	for _, name := range []string{"probe-allowed", "probe-forbidden"} {
+		if _, err := e.exec(name, "touch", "/tmp/stop"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, want := range map[string]string{"probe-allowed": "ok", "probe-forbidden": "refused"} {
+		e.waitDone(t, name)
+		out, err := e.kubectl("logs", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Fields(out)
+		n := map[string]int{}
+		for _, l := range lines {
+			n[l]++
+		}
+		if n[want] < 10 || n[want]+1 != len(lines) {
+			t.Errorf("%s probed pod-b %d times: %v, want every probe %s (and at least 10)", name, len(lines)-1, n, want)
+		}
+		t.Logf("%s: %d probes, all %s", name, n[want], want)
+	}
 }
