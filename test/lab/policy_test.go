@@ -215,11 +215,17 @@ func lastLines(s string, n int) string {
 // forbidden one does, before, during and after.
 func policyUnderFaults(t *testing.T, e *env, ip string) {
 	ctx := context.Background()
-	loop := fmt.Sprintf(`while [ ! -e /tmp/stop ]; do if /agnhost connect --timeout=1s %s:8080 >/dev/null 2>&1; then echo ok; else echo refused; fi; sleep 0.2; done; echo end`, ip)
-	for _, p := range []struct{ name, node, app string }{{"probe-allowed", "node-2", "pod-a"}, {"probe-forbidden", "node-1", "other"}} {
+	// The allowed probe waits up to 3 s: a connect that a busy two-core
+	// machine (kubelet restarting podnetd) delays past 1 s is no drop (CI
+	// saw one such in 45); a drop never answers at all. The forbidden
+	// probe's 1 s is plenty to tell it was not answered.
+	loop := func(timeout string) string {
+		return fmt.Sprintf(`while [ ! -e /tmp/stop ]; do if /agnhost connect --timeout=%s %s:8080 >/dev/null 2>&1; then echo ok; else echo refused; fi; sleep 0.2; done; echo end`, timeout, ip)
+	}
+	for _, p := range []struct{ name, node, app, timeout string }{{"probe-allowed", "node-2", "pod-a", "3s"}, {"probe-forbidden", "node-1", "other", "1s"}} {
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: "default", Labels: map[string]string{"app": p.app}},
 			Spec: corev1.PodSpec{NodeName: p.node, RestartPolicy: corev1.RestartPolicyNever, TerminationGracePeriodSeconds: new(int64),
-				Containers: []corev1.Container{{Name: "c", Image: deployAgnhost, Command: []string{"/bin/bash", "-c", loop}}}}}
+				Containers: []corev1.Container{{Name: "c", Image: deployAgnhost, Command: []string{"/bin/bash", "-c", loop(p.timeout)}}}}}
 		if _, err := e.client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
