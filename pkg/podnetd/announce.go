@@ -57,15 +57,11 @@ func (c *syncCounter) finish(gen uint64) {
 	}
 }
 
-// next is the number of the next pass to start, and a channel closed when
-// any pass finishes.
-func (c *syncCounter) next() (uint64, uint64, <-chan struct{}) {
+// next is the number of the next pass to start.
+func (c *syncCounter) next() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ch == nil {
-		c.ch = make(chan struct{})
-	}
-	return c.started + 1, c.done, c.ch
+	return c.started + 1
 }
 
 func (c *syncCounter) doneGen() (uint64, <-chan struct{}) {
@@ -111,7 +107,7 @@ func (a *Agent) programPod(ctx context.Context, p announce.Pod) (bool, error) {
 	}
 	a.pending[key] = pendingPod{ips: p.IPs, at: time.Now()}
 	a.pendingMu.Unlock()
-	need, _, _ := a.polSync.next()
+	need := a.polSync.next()
 	a.pokePolicy()
 	if !a.selected(pod) {
 		return false, nil // open: nothing to wait for (peers follow in that pass)

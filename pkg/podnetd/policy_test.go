@@ -7,6 +7,7 @@ package podnetd_test
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -83,7 +84,7 @@ func TestPolicyAnnouncedPodIsEnforcedBeforeTheAnswer(t *testing.T) {
 		t.Fatalf("announce web-1: %+v, %v; want isolated", r, err)
 	}
 	// When the answer comes, the announced address is in the table.
-	if got := nft.keys("map", "ingress-pods"); !contains(got, "10.244.1.7") || !contains(got, "10.244.1.5") {
+	if got := nft.keys("map", "ingress-pods"); !slices.Contains(got, "10.244.1.7") || !slices.Contains(got, "10.244.1.5") {
 		t.Errorf("ingress-pods %v after the answer, want web-1's announced 10.244.1.7 and web-0's 10.244.1.5", got)
 	}
 	if r, err := send("db-1", "10.244.1.8"); err != nil || r.Isolated {
@@ -95,13 +96,4 @@ func TestPolicyAnnouncedPodIsEnforcedBeforeTheAnswer(t *testing.T) {
 	if _, err := send("nobody", "10.244.1.9"); err == nil {
 		t.Error("announce a pod the API does not know: answered")
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

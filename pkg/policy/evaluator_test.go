@@ -43,8 +43,9 @@ func evalFake(t *testing.T, fake *knftables.Fake, p packet) bool {
 	if tbl == nil {
 		return true
 	}
-	var run func(chain string) (verdict string)
-	run = func(chain string) string {
+	// run evaluates one pod chain: "return" (allowed), "drop" or ""
+	// (fell through).
+	run := func(chain string) string {
 		c := tbl.Chains[chain]
 		if c == nil {
 			t.Fatalf("no chain %s", chain)
@@ -52,26 +53,6 @@ func evalFake(t *testing.T, fake *knftables.Fake, p packet) bool {
 		for _, r := range c.Rules {
 			rule := r.Rule
 			switch {
-			case rule == "ct state established,related accept":
-				// a new connection: no match
-			case strings.HasPrefix(rule, "jump "):
-				if v := run(strings.TrimPrefix(rule, "jump ")); v != "" {
-					return v
-				}
-			case strings.Contains(rule, " vmap @"):
-				addr := p.src
-				if strings.HasPrefix(rule, "ip daddr") {
-					addr = p.dst
-				}
-				m := tbl.Maps[rule[strings.Index(rule, "@")+1:]]
-				for _, e := range m.Elements {
-					if e.Key[0] == addr.String() {
-						v := run(strings.TrimPrefix(e.Value[0], "jump "))
-						if v != "" {
-							return v
-						}
-					}
-				}
 			case strings.HasSuffix(rule, " return"):
 				addr := p.src
 				if strings.HasPrefix(rule, "ip daddr") {
@@ -101,8 +82,7 @@ func evalFake(t *testing.T, fake *knftables.Fake, p packet) bool {
 		}
 		return ""
 	}
-	// return ends the jumped-to chain only: emulate by treating "return"
-	// as "go on" one level up.
+	// walk evaluates the skeleton: a pod chain's return goes on here.
 	var walk func(chain string) bool
 	walk = func(chain string) bool {
 		for _, r := range tbl.Chains[chain].Rules {
