@@ -3,6 +3,7 @@ package netnstest
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"runtime"
 	"testing"
 
@@ -83,4 +84,17 @@ func (g *nftGuard) ListElements(c context.Context, typ, name string) (out []*knf
 func (g *nftGuard) ListCounters(c context.Context) (out []*knftables.Counter, err error) {
 	err = g.in(func() error { out, err = g.Interface.ListCounters(c); return err })
 	return out, err
+}
+
+// RequireNFT skips a kernel test that needs nft: with -short, when not
+// root, or without the nft binary (package nftables).
+func RequireNFT(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("kernel test: skipped with -short")
+	}
+	RequireRoot(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("kernel test: needs the nft binary (package nftables)")
+	}
 }

@@ -14,7 +14,6 @@ import (
 	"context"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -37,13 +36,7 @@ import (
 
 func requireCleanupKernel(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("kernel test: skipped with -short")
-	}
-	netnstest.RequireRoot(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("kernel test: needs the nft binary (package nftables)")
-	}
+	netnstest.RequireNFT(t)
 }
 
 // cleanupNode is one node namespace and the nft handles of its tables.

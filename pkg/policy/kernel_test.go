@@ -18,7 +18,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -48,13 +47,7 @@ var kernelPods = []struct{ name, ip, app string }{
 
 func requireKernel(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("kernel test: skipped with -short")
-	}
-	netnstest.RequireRoot(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("kernel test: needs the nft binary (package nftables)")
-	}
+	netnstest.RequireNFT(t)
 }
 
 func writeSysctl(t *testing.T, ns *netnstest.NS, path, v string) {

@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -39,13 +38,7 @@ var kernelNode = Node{
 
 func requireKernel(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("kernel test: skipped with -short")
-	}
-	netnstest.RequireRoot(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("kernel test: needs the nft binary (package nftables)")
-	}
+	netnstest.RequireNFT(t)
 }
 
 func newKernelTopo(t *testing.T) *kernelTopo {
