@@ -7,12 +7,14 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/podnet/podnet/pkg/policy/announce"
+	"github.com/podnet/podnet/pkg/announce"
+	"github.com/podnet/podnet/pkg/wire"
 )
 
-// With a policy socket in the conflist, ADD announces the pod with its
-// address and returns only after podnetd answers; if podnetd does not,
-// ADD fails with "try again later" and leaves nothing behind.
+// With podnetd's socket in the conflist, ADD announces the pod with its
+// address and host veth and returns only after podnetd answers; if
+// podnetd does not, ADD fails with "try again later" and leaves nothing
+// behind.
 func TestAddAnnouncesThePodToPodnetd(t *testing.T) {
 	e := newEnv(t)
 	var got []announce.Pod
@@ -21,32 +23,32 @@ func TestAddAnnouncesThePodToPodnetd(t *testing.T) {
 		got, sockets = append(got, p), append(sockets, socket)
 		return announce.Reply{Isolated: true}, nil
 	}
-	a := e.mustAdd(t, cmdArgs("c1", netns, conf(t, "1.1.0", map[string]any{"policySocket": "/run/podnet/policy.sock"})))
-	if len(got) != 1 || sockets[0] != "/run/podnet/policy.sock" {
-		t.Fatalf("announcements %v to %v, want one to /run/podnet/policy.sock", got, sockets)
+	a := e.mustAdd(t, cmdArgs("c1", netns, conf(t, "1.1.0", map[string]any{"agentSocket": "/run/podnet/podnetd.sock"})))
+	if len(got) != 1 || sockets[0] != "/run/podnet/podnetd.sock" {
+		t.Fatalf("announcements %v to %v, want one to /run/podnet/podnetd.sock", got, sockets)
 	}
 	addr := mustPrefix(t, a.res.IPs[0].Address).Addr().String()
-	if p := got[0]; p.Namespace != "default" || p.Name != "web-0" || len(p.IPs) != 1 || p.IPs[0] != addr {
-		t.Errorf("announced %+v, want default/web-0 with %s", p, addr)
+	if p := got[0]; p.Namespace != "default" || p.Name != "web-0" || len(p.IPs) != 1 || p.IPs[0] != addr || p.HostIf != wire.HostName("c1", "eth0") {
+		t.Errorf("announced %+v, want default/web-0 with %s on %s", p, addr, wire.HostName("c1", "eth0"))
 	}
 	if err := got[0].Check(); err != nil {
 		t.Errorf("the announcement does not pass podnetd's check: %v", err)
 	}
 
-	// No socket (NetworkPolicy off): nothing announced.
+	// No socket (anti-spoofing and NetworkPolicy off): nothing announced.
 	got = nil
 	e.mustAdd(t, cmdArgs("c2", netns2, conf(t, "1.1.0", nil)))
 	if len(got) != 0 {
-		t.Errorf("announced %v without a policy socket", got)
+		t.Errorf("announced %v without a socket", got)
 	}
 }
 
 func TestAddFailsClosedWhenPodnetdDoesNotAnswer(t *testing.T) {
 	e := newEnv(t)
 	e.p.Announce = func(context.Context, string, announce.Pod) (announce.Reply, error) {
-		return announce.Reply{}, errors.New("dial unix /run/podnet/policy.sock: connect: no such file or directory")
+		return announce.Reply{}, errors.New("dial unix /run/podnet/podnetd.sock: connect: no such file or directory")
 	}
-	_, err := e.add(t, cmdArgs("c1", netns, conf(t, "1.1.0", map[string]any{"policySocket": "/run/podnet/policy.sock"})))
+	_, err := e.add(t, cmdArgs("c1", netns, conf(t, "1.1.0", map[string]any{"agentSocket": "/run/podnet/podnetd.sock"})))
 	ce := cniErr(t, err)
 	if ce == nil {
 		t.Fatal("ADD succeeded without podnetd's answer")

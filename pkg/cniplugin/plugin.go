@@ -12,8 +12,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/podnet/podnet/pkg/announce"
 	"github.com/podnet/podnet/pkg/ipam"
-	"github.com/podnet/podnet/pkg/policy/announce"
 	"github.com/podnet/podnet/pkg/wire"
 )
 

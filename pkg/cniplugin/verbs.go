@@ -65,7 +65,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return cniError(err)
 	}
-	if err := p.announce(conf, pod, plan); err != nil {
+	if err := p.announce(conf, pod, plan, at.HostName); err != nil {
 		return err
 	}
 	res := buildResult(conf, args, plan, br.MAC, at)

@@ -13,11 +13,11 @@ const ConflistName = "10-podnet.conflist"
 // Conflist is the node conflist: the podnet plugin with the node's pod
 // subnet and MTU (and podnetd's policy socket, when NetworkPolicy is on),
 // then the reference portmap plugin for hostPorts.
-func Conflist(podCIDR string, mtu int, dataDir, policySocket string) []byte {
+func Conflist(podCIDR string, mtu int, dataDir, agentSocket string) []byte {
 	podnet := map[string]any{"type": "podnet", "bridge": DefaultBridge, "mtu": mtu,
 		"ipam": map[string]any{"ranges": [][]map[string]string{{{"subnet": podCIDR}}}, "dataDir": dataDir}}
-	if policySocket != "" {
-		podnet["policySocket"] = policySocket
+	if agentSocket != "" {
+		podnet["agentSocket"] = agentSocket
 	}
 	conf := map[string]any{"cniVersion": "1.1.0", "name": "podnet", "plugins": []any{
 		podnet,

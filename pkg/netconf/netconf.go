@@ -40,10 +40,10 @@ type Conf struct {
 	HairpinMode *bool `json:"hairpinMode,omitempty"`
 	// IsDefaultGateway adds a default route via the bridge (default true).
 	IsDefaultGateway *bool `json:"isDefaultGateway,omitempty"`
-	// PolicySocket is podnetd's unix socket: ADD announces the pod there
+	// AgentSocket is podnetd's unix socket: ADD announces the pod there
 	// and returns only once its NetworkPolicy is in the kernel (package
 	// policy/announce); empty: no NetworkPolicy, nothing to wait for.
-	PolicySocket string `json:"policySocket,omitempty"`
+	AgentSocket string `json:"agentSocket,omitempty"`
 
 	RawIPAM json.RawMessage `json:"ipam,omitempty"`
 	// IPAM is the parsed ipam section (Builtin is nil when ipam.type is set).

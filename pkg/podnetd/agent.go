@@ -75,11 +75,11 @@ type Config struct {
 	// NetworkPolicy runs the NetworkPolicy engine (package policy): the
 	// policies of this node's pods, in the table "inet podnet-policy".
 	NetworkPolicy bool
-	// PolicySocket is where the CNI plugin announces new pods, so that
+	// AgentSocket is where the CNI plugin announces new pods, so that
 	// their policy holds from the first packet (package policy/announce;
 	// written into the conflist). Empty: no announcements; pods are
 	// policed once the Pod informer shows their IP.
-	PolicySocket string
+	AgentSocket string
 	// ProxyOnly runs the Service proxy alone: no backend, CNI config,
 	// egress masquerade or Node facts (another network provides them).
 	ProxyOnly bool
@@ -333,7 +333,7 @@ func (a *Agent) publishFacts(ctx context.Context, self *corev1.Node) error {
 			break
 		}
 	}
-	conf := netconf.Conflist(a.local.PodCIDR.String(), a.mtu, a.cfg.PodnetDataDir, a.cfg.PolicySocket)
+	conf := netconf.Conflist(a.local.PodCIDR.String(), a.mtu, a.cfg.PodnetDataDir, a.cfg.AgentSocket)
 	if wrote, err := netconf.WriteConflist(a.cfg.CNIConfDir, conf); err != nil {
 		return fmt.Errorf("write the CNI config: %w", err)
 	} else if wrote {

@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/podnet/podnet/pkg/policy/announce"
+	"github.com/podnet/podnet/pkg/announce"
 )
 
 // The first packet (package policy/announce): the plugin announces a new

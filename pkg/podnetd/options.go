@@ -14,9 +14,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/podnet/podnet/pkg/announce"
 	"github.com/podnet/podnet/pkg/backend"
 	"github.com/podnet/podnet/pkg/ipam"
-	"github.com/podnet/podnet/pkg/policy/announce"
 )
 
 // Options are podnetd's settings as a person gives them: on the command
@@ -321,7 +321,7 @@ func (o *Options) Config(node string) (Config, error) {
 	}
 	return Config{NodeName: node, Backend: o.Backend, MTU: o.MTU, CNIConfDir: o.CNIConfDir,
 		PodnetDataDir: o.PodnetDataDir, ClusterCIDRs: cidrs, ServiceProxy: o.ServiceProxy,
-		NetworkPolicy: o.NetworkPolicy, PolicySocket: policySocket(o.NetworkPolicy), NodePortAddresses: nps, ProxyOnly: !o.Network}, nil
+		NetworkPolicy: o.NetworkPolicy, AgentSocket: agentSocket(o.NetworkPolicy), NodePortAddresses: nps, ProxyOnly: !o.Network}, nil
 }
 
 // parsePrefixes parses comma-separated prefixes ("" is none).
@@ -370,8 +370,8 @@ func checkListen(s string) error {
 	return nil
 }
 
-// policySocket is where podnetd hears of new pods when NetworkPolicy is on.
-func policySocket(on bool) string {
+// agentSocket is where podnetd hears of new pods when NetworkPolicy is on.
+func agentSocket(on bool) string {
 	if on {
 		return announce.DefaultSocket
 	}

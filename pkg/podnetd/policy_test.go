@@ -19,9 +19,9 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"sigs.k8s.io/knftables"
 
+	"github.com/podnet/podnet/pkg/announce"
 	"github.com/podnet/podnet/pkg/podnetd"
 	"github.com/podnet/podnet/pkg/policy"
-	"github.com/podnet/podnet/pkg/policy/announce"
 )
 
 func policyPod(name, node, ip string, labels map[string]string) *corev1.Pod {
@@ -40,7 +40,7 @@ func startPolicyAgent(t *testing.T, objs ...runtime.Object) (*lockedNFT, string)
 	nft := &lockedNFT{Fake: knftables.NewFake(knftables.InetFamily, policy.TableName)}
 	socket := filepath.Join(t.TempDir(), "policy.sock")
 	objs = append(objs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default", Labels: map[string]string{"kubernetes.io/metadata.name": "default"}}})
-	a, err := podnetd.New(podnetd.Config{NodeName: "node-1", NetworkPolicy: true, PolicySocket: socket, ProxyOnly: true},
+	a, err := podnetd.New(podnetd.Config{NodeName: "node-1", NetworkPolicy: true, AgentSocket: socket, ProxyOnly: true},
 		fake.NewClientset(objs...), podnetd.WithPolicyNFTables(nft), podnetd.WithPolicyConntrack(&policy.FakeConntrack{}))
 	if err != nil {
 		t.Fatal(err)

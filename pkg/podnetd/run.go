@@ -12,7 +12,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/podnet/podnet/pkg/policy/announce"
+	"github.com/podnet/podnet/pkg/announce"
 )
 
 // Run runs until ctx ends, and returns nil then (an error only at once, if
@@ -63,9 +63,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.policyNFT == nil {
 			go a.logDrops(ctx)
 		}
-		if a.cfg.PolicySocket != "" {
+		if a.cfg.AgentSocket != "" {
 			go func() {
-				if err := announce.Listen(ctx, a.cfg.PolicySocket, announce.Handler(a.programPod)); err != nil {
+				if err := announce.Listen(ctx, a.cfg.AgentSocket, announce.Handler(a.programPod)); err != nil {
 					a.log.Error("the CNI plugin cannot announce new pods: they cannot start until this is fixed", "part", "network-policy", "err", err)
 				}
 			}()

@@ -67,7 +67,9 @@ func TestBadAnnouncementsAndFailuresAreErrors(t *testing.T) {
 		p    Pod
 		want string
 	}{
-		{Pod{Namespace: "default", IPs: []string{"10.244.1.3"}}, "namespace and name are required"},
+		{Pod{Namespace: "default", IPs: []string{"10.244.1.3"}}, "namespace and name go together"},
+		{Pod{IPs: []string{"10.244.1.3"}, HostIf: "a/b"}, `host interface "a/b"`},
+		{Pod{IPs: []string{"10.244.1.3"}, HostIf: "veth0123456789abcdef"}, `host interface "veth0123456789abcdef"`},
 		{Pod{Namespace: "default", Name: "x", IPs: []string{"10.244.1.300"}}, `address "10.244.1.300"`},
 		{Pod{Namespace: "default", Name: "x"}, "no address"},
 		{Pod{Namespace: "default", Name: "slow", IPs: []string{"10.244.1.3"}}, "not programmed in time"},
@@ -75,6 +77,11 @@ func TestBadAnnouncementsAndFailuresAreErrors(t *testing.T) {
 		if _, err := Send(context.Background(), socket, tc.p); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want an error saying %q", tc.p, err, tc.want)
 		}
+	}
+	// A container that is not a Kubernetes pod is announced by address
+	// and interface alone.
+	if _, err := Send(context.Background(), socket, Pod{IPs: []string{"10.244.1.3"}, HostIf: "veth0123456789a"}); err != nil {
+		t.Errorf("a nameless announcement: %v", err)
 	}
 	if _, err := Send(context.Background(), filepath.Join(t.TempDir(), "none.sock"), Pod{Namespace: "a", Name: "b", IPs: []string{"10.0.0.1"}}); err == nil {
 		t.Error("Send to no podnetd succeeded")

@@ -1,15 +1,17 @@
-// Package announce is the handshake that makes NetworkPolicy hold from a
-// pod's first packet: the CNI plugin, on ADD, tells podnetd on the same
-// node the new pod's name and addresses over a unix socket, and returns
-// only once podnetd answers that the pod's policy is in the kernel. The
-// pod's containers start after ADD returns, so they never send or receive
-// a packet the policy forbids; the API server learns the pod's IP only
-// later (kubelet's status update), which is why waiting for the Pod
-// informer alone would be too late.
+// Package announce is the handshake that makes podnetd's per-pod rules
+// hold from a pod's first packet: the CNI plugin, on ADD, tells podnetd on
+// the same node the new pod's name, addresses and host interface over a
+// unix socket, and returns only once podnetd answers that the pod's rules
+// are in the kernel — its anti-spoofing entry (package antispoof: until
+// then its veth can send nothing) and its NetworkPolicy. The pod's
+// containers start after ADD returns, so they never send or receive a
+// packet the rules forbid; the API server learns the pod's IP only later
+// (kubelet's status update), which is why waiting for the Pod informer
+// alone would be too late.
 //
-// A pod that no policy selects is answered at once. If podnetd does not
-// answer (it is restarting, say), ADD fails and the runtime retries it:
-// the pod waits, closed, rather than start unpoliced.
+// A pod that no policy selects waits only for its anti-spoofing entry. If
+// podnetd does not answer (it is restarting, say), ADD fails and the
+// runtime retries it: the pod waits, closed, rather than start unpoliced.
 package announce
 
 import (
@@ -22,26 +24,34 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 )
 
 // DefaultSocket is where podnetd listens (a hostPath in its DaemonSet).
-const DefaultSocket = "/run/podnet/policy.sock"
+const DefaultSocket = "/run/podnet/podnetd.sock"
 
-// Pod is one announcement: a pod on this node and its addresses.
+// Pod is one announcement: a pod on this node, its addresses and the host
+// end of its veth. Namespace and Name are empty for a container that is
+// not a Kubernetes pod (no K8S_POD_* in CNI_ARGS): it has no policy, only
+// its anti-spoofing entry.
 type Pod struct {
-	Namespace string   `json:"namespace"`
-	Name      string   `json:"name"`
+	Namespace string   `json:"namespace,omitempty"`
+	Name      string   `json:"name,omitempty"`
 	IPs       []string `json:"ips"`
+	HostIf    string   `json:"hostInterface,omitempty"`
 }
 
 // Check says what is wrong with p, or nil.
 func (p Pod) Check() error {
-	if p.Namespace == "" || p.Name == "" {
-		return errors.New("namespace and name are required")
+	if (p.Namespace == "") != (p.Name == "") {
+		return errors.New("namespace and name go together")
 	}
 	if len(p.IPs) == 0 {
 		return errors.New("no address")
+	}
+	if p.HostIf != "" && (len(p.HostIf) > 15 || strings.ContainsAny(p.HostIf, "/ \t\n\x00")) {
+		return fmt.Errorf("host interface %q: not an interface name", p.HostIf)
 	}
 	for _, ip := range p.IPs {
 		if _, err := netip.ParseAddr(ip); err != nil {
@@ -49,6 +59,14 @@ func (p Pod) Check() error {
 		}
 	}
 	return nil
+}
+
+// String names the pod ("pod ns/name", or its addresses).
+func (p Pod) String() string {
+	if p.Name == "" {
+		return fmt.Sprintf("container at %v", p.IPs)
+	}
+	return "pod " + p.Namespace + "/" + p.Name
 }
 
 // Reply is podnetd's answer.
@@ -83,15 +101,15 @@ func Send(ctx context.Context, socket string, p Pod) (Reply, error) {
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.Do(req)
 	if err != nil {
-		return r, fmt.Errorf("announce pod %s/%s to podnetd at %s: %w", p.Namespace, p.Name, socket, err)
+		return r, fmt.Errorf("announce %s to podnetd at %s: %w", p, socket, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if err := json.Unmarshal(b, &r); err != nil {
-		return r, fmt.Errorf("announce pod %s/%s to podnetd at %s: %s: %q", p.Namespace, p.Name, socket, resp.Status, b)
+		return r, fmt.Errorf("announce %s to podnetd at %s: %s: %q", p, socket, resp.Status, b)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return r, fmt.Errorf("podnetd at %s could not program NetworkPolicy for pod %s/%s: %s", socket, p.Namespace, p.Name, r.Error)
+		return r, fmt.Errorf("podnetd at %s could not program %s: %s", socket, p, r.Error)
 	}
 	return r, nil
 }
