@@ -364,7 +364,8 @@ func TestManifestDaemonSet(t *testing.T) {
 			hostPaths[v.Name] = v.HostPath.Path
 		}
 	}
-	if !reflect.DeepEqual(hostPaths, map[string]string{"cni-conf": "/etc/cni/net.d", "cni-bin": "/opt/cni/bin", "run-podnet": "/run/podnet"}) {
+	if !reflect.DeepEqual(hostPaths, map[string]string{"cni-conf": "/etc/cni/net.d", "cni-bin": "/opt/cni/bin", "run-podnet": "/run/podnet",
+		"cni-data": "/var/lib/cni/podnet"}) {
 		t.Errorf("hostPath volumes %v", hostPaths)
 	}
 	if cm := volumes["config"].ConfigMap; cm == nil || cm.Name != "podnet-config" {
@@ -389,9 +390,11 @@ func TestManifestDaemonSet(t *testing.T) {
 		c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		t.Errorf("env %+v: want NODE_NAME from spec.nodeName", c.Env)
 	}
-	// /run/podnet: the policy socket the plugin announces new pods on.
+	// /run/podnet: the socket the plugin announces new pods on;
+	// /var/lib/cni/podnet: the plugin's store, whose pod owns which veth
+	// (anti-spoofing), read under its lock.
 	if !mounts(c, "config", "/etc/podnet", true) || !mounts(c, "cni-conf", "/etc/cni/net.d", false) ||
-		!mounts(c, "run-podnet", "/run/podnet", false) || len(c.VolumeMounts) != 3 {
+		!mounts(c, "run-podnet", "/run/podnet", false) || !mounts(c, "cni-data", "/var/lib/cni/podnet", false) || len(c.VolumeMounts) != 4 {
 		t.Errorf("podnetd mounts %+v", c.VolumeMounts)
 	}
 	checkCaps(t, c, []corev1.Capability{"NET_ADMIN"})

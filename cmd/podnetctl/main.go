@@ -69,6 +69,7 @@ func run(args []string) error {
 	backend := fs.String("backend", "vxlan", "cross-node backend: vxlan, host-gw or hybrid")
 	proxy := fs.String("service-proxy", string(lab.DefaultServiceProxy), "what implements Services on the nodes: podnet (podnetd's own proxy), kube-proxy (the real one, nftables mode) or none (and then no cluster DNS)")
 	netpol := fs.Bool("network-policy", true, "enforce NetworkPolicy with podnetd (false: podnetd deletes its policy table; policies are ignored)")
+	antispoof := fs.Bool("anti-spoofing", true, "let each pod send only from its own IP and MAC, and VXLAN come only from Nodes (false: any source passes)")
 	if err := fs.Parse(rest); err != nil {
 		return err
 	}
@@ -78,7 +79,7 @@ func run(args []string) error {
 	}
 	switch verb {
 	case "up":
-		return labUp(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir, NoNetworkPolicy: !*netpol}, *proxy)
+		return labUp(lab.Options{Workers: *workers, FarWorkers: *far, Backend: *backend, Dir: *dir, K8sDir: *k8sDir, NoNetworkPolicy: !*netpol, NoAntiSpoofing: !*antispoof}, *proxy)
 	case "down":
 		return lab.Down(*dir)
 	case "status":

@@ -54,6 +54,7 @@ func parseAgentArgs(args []string, getenv func(string) string, readFile func(str
 	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", o.ClusterCIDR, "the pod network(s), comma-separated; egress from them to elsewhere is masqueraded, and connections from elsewhere to a ClusterIP too")
 	fs.BoolVar(&o.ServiceProxy, "run-service-proxy", o.ServiceProxy, "implement Services (ClusterIP, NodePort, LoadBalancer, externalIPs) in nftables, in place of kube-proxy; when false, podnetd deletes its proxy table at start")
 	fs.BoolVar(&o.NetworkPolicy, "run-network-policy", o.NetworkPolicy, "enforce NetworkPolicy for this node's pods in nftables; when false, podnetd deletes its policy table at start (every pod open)")
+	fs.BoolVar(&o.AntiSpoofing, "anti-spoofing", o.AntiSpoofing, "let each pod send only from its own IP and MAC, and accept VXLAN only from Nodes (with the pod network); when false, podnetd deletes its anti-spoofing tables at start")
 	fs.BoolVar(&o.Network, "run-network", o.Network, "run the pod network (backend, CNI config, egress masquerade, Node facts); false runs the Service proxy alone")
 	fs.StringVar(&o.NodePortAddresses, "nodeport-addresses", o.NodePortAddresses, "comma-separated prefixes: NodePorts answer only on this node's addresses inside them (default: every local address but loopback)")
 	fs.StringVar(&o.APIServer, "api-server", o.APIServer, "the API server as host:port or https://host:port, instead of the in-cluster kubernetes Service (a ClusterIP, which podnetd cannot reach where its own Service proxy replaces kube-proxy and has not programmed it yet)")
@@ -134,6 +135,11 @@ func run(a agentArgs) error {
 	if !cfg.NetworkPolicy {
 		if err := podnetd.CleanupNetworkPolicy(ctx); err != nil {
 			cfg.Log.Warn("NetworkPolicy is off, and its table could not be deleted", "err", err)
+		}
+	}
+	if !cfg.AntiSpoofing && !cfg.ProxyOnly {
+		if err := podnetd.CleanupAntiSpoofing(ctx); err != nil {
+			cfg.Log.Warn("anti-spoofing is off, and its tables could not be deleted", "err", err)
 		}
 	}
 	if a.opts.Listen != "" {

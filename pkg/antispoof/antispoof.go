@@ -77,6 +77,8 @@ type Port struct {
 	Name string
 	MAC  net.HardwareAddr
 	IPs  []netip.Addr // IPv4 only (the cluster is IPv4)
+	// Pod names the pod ("namespace/name"), for logs; may be empty.
+	Pod string
 }
 
 // Guard writes the two tables.
@@ -287,6 +289,9 @@ func (g *Guard) Drops(ctx context.Context) (map[string]uint64, error) {
 			continue
 		}
 		for _, c := range cs {
+			if c == nil {
+				continue // knftables.Fake lists nil counters
+			}
 			if k, ok := strings.CutPrefix(c.Name, counterPrefix); ok && c.Packets != nil {
 				out[k] += *c.Packets
 			}
@@ -299,12 +304,15 @@ func (g *Guard) Drops(ctx context.Context) (map[string]uint64, error) {
 func Kinds() []string { return []string{KindIPv4, KindARP, KindIPv6, KindOther, KindVXLAN} }
 
 // Cleanup deletes both tables, if they exist: every pod may then send
-// from any address.
+// from any address. A nil interface is skipped.
 func Cleanup(ctx context.Context, bridge, inet knftables.Interface) error {
 	return errors.Join(deleteTable(ctx, bridge), deleteTable(ctx, inet))
 }
 
 func deleteTable(ctx context.Context, nft knftables.Interface) error {
+	if nft == nil {
+		return nil
+	}
 	tx := nft.NewTransaction()
 	tx.Delete(&knftables.Table{})
 	if err := nft.Run(ctx, tx); err != nil && !knftables.IsNotFound(err) {

@@ -57,11 +57,12 @@ backend: %q
 serviceProxy: %v
 network: true
 networkPolicy: %v
+antiSpoofing: %v
 clusterCIDR: %q
 nodePortAddresses: [%s]
 apiServer: %q
 listen: "127.0.0.1:9965"
-`, l.opts.Backend, l.opts.ServiceProxy == ServiceProxyPodnet, !l.opts.NoNetworkPolicy, ClusterCIDR.String(),
+`, l.opts.Backend, l.opts.ServiceProxy == ServiceProxyPodnet, !l.opts.NoNetworkPolicy, !l.opts.NoAntiSpoofing, ClusterCIDR.String(),
 			quotedList(labSegments(machines)), netip.AddrPortFrom(ControlPlaneIP, 6443).String())
 		out, err := yaml.Marshal(&cm)
 		if err != nil {

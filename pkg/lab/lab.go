@@ -47,6 +47,9 @@ type Options struct {
 	// NoNetworkPolicy turns podnet's NetworkPolicy engine off (it is on
 	// by default, whichever service proxy runs).
 	NoNetworkPolicy bool
+	// NoAntiSpoofing lets pods send from any address (anti-spoofing is on
+	// by default).
+	NoAntiSpoofing bool
 	// CoreDNSDir holds the coredns binary hack/coredns.sh builds (empty:
 	// imageset.CoreDNSDir()).
 	CoreDNSDir string

@@ -10,16 +10,21 @@ import (
 // ConflistName is the file a node's podnet conflist is written to.
 const ConflistName = "10-podnet.conflist"
 
+// NetworkName is the CNI network of podnet's conflist: its host veths carry
+// wire.Group(NetworkName), its reservations live under dataDir/NetworkName.
+const NetworkName = "podnet"
+
 // Conflist is the node conflist: the podnet plugin with the node's pod
-// subnet and MTU (and podnetd's policy socket, when NetworkPolicy is on),
-// then the reference portmap plugin for hostPorts.
+// subnet and MTU (and podnetd's socket, when anti-spoofing or
+// NetworkPolicy is on: the plugin announces new pods there), then the
+// reference portmap plugin for hostPorts.
 func Conflist(podCIDR string, mtu int, dataDir, agentSocket string) []byte {
 	podnet := map[string]any{"type": "podnet", "bridge": DefaultBridge, "mtu": mtu,
 		"ipam": map[string]any{"ranges": [][]map[string]string{{{"subnet": podCIDR}}}, "dataDir": dataDir}}
 	if agentSocket != "" {
 		podnet["agentSocket"] = agentSocket
 	}
-	conf := map[string]any{"cniVersion": "1.1.0", "name": "podnet", "plugins": []any{
+	conf := map[string]any{"cniVersion": "1.1.0", "name": NetworkName, "plugins": []any{
 		podnet,
 		map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "backend": "nftables"},
 	}}

@@ -42,6 +42,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podnet/podnet/pkg/agentapi"
+	"github.com/podnet/podnet/pkg/antispoof"
 	"github.com/podnet/podnet/pkg/backend"
 	"github.com/podnet/podnet/pkg/masq"
 	"github.com/podnet/podnet/pkg/netconf"
@@ -75,10 +76,15 @@ type Config struct {
 	// NetworkPolicy runs the NetworkPolicy engine (package policy): the
 	// policies of this node's pods, in the table "inet podnet-policy".
 	NetworkPolicy bool
+	// AntiSpoofing makes every pod send only from its own addresses and
+	// the node accept VXLAN only from Nodes (package antispoof: the tables
+	// "bridge podnet-antispoof" and "inet podnet-antispoof"). It needs the
+	// pod network (not ProxyOnly) and AgentSocket.
+	AntiSpoofing bool
 	// AgentSocket is where the CNI plugin announces new pods, so that
-	// their policy holds from the first packet (package policy/announce;
-	// written into the conflist). Empty: no announcements; pods are
-	// policed once the Pod informer shows their IP.
+	// their anti-spoofing entry and policy hold from the first packet
+	// (package announce; written into the conflist). Empty: no
+	// announcements; pods are policed once the Pod informer shows their IP.
 	AgentSocket string
 	// ProxyOnly runs the Service proxy alone: no backend, CNI config,
 	// egress masquerade or Node facts (another network provides them).
@@ -133,8 +139,10 @@ type Agent struct {
 	// the Service proxy. The agent's Healthy combines those that run.
 	Health      *agentapi.SyncHealth
 	ProxyHealth *agentapi.SyncHealth
-	// PolicyHealth is the same for the NetworkPolicy engine.
+	// PolicyHealth is the same for the NetworkPolicy engine, SpoofHealth
+	// for anti-spoofing.
 	PolicyHealth *agentapi.SyncHealth
+	SpoofHealth  *agentapi.SyncHealth
 	metrics      *metrics
 	cfg          Config
 	client       kubernetes.Interface
@@ -178,6 +186,13 @@ type Agent struct {
 	pendingMu  sync.Mutex
 	pending    map[types.NamespacedName]pendingPod // announced by the plugin, IP not yet in the API
 	podIPs     map[netip.Addr]string               // every pod's address, for the deny log
+
+	// Anti-spoofing (nil unless Config.AntiSpoofing).
+	guard     *antispoof.Guard
+	spoofNFT  [2]knftables.Interface // bridge, inet; nil: the nft binary
+	podPorts  func() ([]antispoof.Port, error)
+	pokeSpoof func()
+	spoofSync syncCounter // anti-spoofing passes started and done
 }
 
 // New returns an agent.
@@ -192,7 +207,7 @@ func New(cfg Config, client kubernetes.Interface, opts ...Option) (*Agent, error
 		return nil, errors.New("no pod network, no Service proxy and no NetworkPolicy: nothing to run")
 	}
 	a := &Agent{Health: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, ProxyHealth: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync},
-		PolicyHealth: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, metrics: newMetrics(cfg.Metrics), cfg: cfg,
+		PolicyHealth: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, SpoofHealth: &agentapi.SyncHealth{MaxAge: 3 * cfg.Resync}, metrics: newMetrics(cfg.Metrics), cfg: cfg,
 		client: client, log: cfg.Log.With("node", cfg.NodeName), underlay: underlay, retryDelay: DefaultRetryDelay}
 	for _, o := range opts {
 		o(a)
@@ -227,6 +242,11 @@ func (a *Agent) Healthy() error {
 	if a.cfg.NetworkPolicy {
 		if err := a.PolicyHealth.Healthy(); err != nil {
 			errs = append(errs, fmt.Errorf("network policy: %w", err))
+		}
+	}
+	if a.guard != nil {
+		if err := a.SpoofHealth.Healthy(); err != nil {
+			errs = append(errs, fmt.Errorf("anti-spoofing: %w", err))
 		}
 	}
 	return errors.Join(errs...)
@@ -368,6 +388,9 @@ func (a *Agent) syncDataplane(ctx context.Context) error {
 		}
 	}
 	a.reportRefused(res.Refused)
+	if err := a.syncVXLANFilter(ctx, remotes); err != nil {
+		return err
+	}
 	if err := a.masq.Sync(ctx, masq.Config{ClusterCIDRs: a.cfg.ClusterCIDRs, NoMasquerade: []netip.Prefix{a.noMasq}}); err != nil {
 		return fmt.Errorf("egress masquerade: %w", err)
 	}

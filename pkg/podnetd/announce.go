@@ -73,10 +73,20 @@ func (c *syncCounter) doneGen() (uint64, <-chan struct{}) {
 	return c.done, c.ch
 }
 
-// programPod handles one announcement: it waits until the policy informers
-// have synced and know the pod, records its addresses, and, if a policy
-// selects it, waits for a pass that includes them.
+// programPod handles one announcement: it waits for an anti-spoofing pass
+// that includes the pod's veth; then, for a Kubernetes pod under
+// NetworkPolicy, until the policy informers have synced and know the pod,
+// records its addresses, and, if a policy selects it, waits for a pass
+// that includes them.
 func (a *Agent) programPod(ctx context.Context, p announce.Pod) (bool, error) {
+	if a.guard != nil {
+		if err := a.waitSpoof(ctx, p.String()); err != nil {
+			return false, err
+		}
+	}
+	if p.Name == "" || !a.cfg.NetworkPolicy {
+		return false, nil
+	}
 	key := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
 	var pod *corev1.Pod
 	for {

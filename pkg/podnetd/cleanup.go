@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
+	"github.com/podnet/podnet/pkg/antispoof"
 	"github.com/podnet/podnet/pkg/ipam"
 	"github.com/podnet/podnet/pkg/masq"
 	"github.com/podnet/podnet/pkg/netconf"
@@ -70,7 +71,10 @@ type CleanupConfig struct {
 	// PolicyNFT reaches the NetworkPolicy table (knftables.InetFamily,
 	// policy.TableName); nil: the nft binary.
 	PolicyNFT knftables.Interface
-	Now       func() time.Time
+	// SpoofNFT reaches the anti-spoofing tables (bridge and inet families,
+	// antispoof.TableName); nil: the nft binary.
+	SpoofNFT [2]knftables.Interface
+	Now      func() time.Time
 }
 
 // DefaultCleanupGrace is how young a reservation without a veth must be to
@@ -203,6 +207,12 @@ func cleanupTables(ctx context.Context, cfg CleanupConfig, rep *CleanupReport) e
 		}},
 		{knftables.InetFamily, policy.TableName, cfg.PolicyNFT, func(n knftables.Interface) error {
 			return policy.NewEnforcer(n, policy.Config{}).Cleanup(ctx)
+		}},
+		{knftables.BridgeFamily, antispoof.TableName, cfg.SpoofNFT[0], func(n knftables.Interface) error {
+			return antispoof.Cleanup(ctx, n, nil)
+		}},
+		{knftables.InetFamily, antispoof.TableName, cfg.SpoofNFT[1], func(n knftables.Interface) error {
+			return antispoof.Cleanup(ctx, nil, n)
 		}},
 	}
 	var errs []error

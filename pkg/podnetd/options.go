@@ -31,8 +31,9 @@ type Options struct {
 	// MTU of pod interfaces; 0 derives it from the underlay.
 	MTU int
 	// ServiceProxy runs the Service proxy; Network the pod network;
-	// NetworkPolicy the NetworkPolicy engine.
-	ServiceProxy, Network, NetworkPolicy bool
+	// NetworkPolicy the NetworkPolicy engine; AntiSpoofing keeps pods to
+	// their own addresses (with the pod network only).
+	ServiceProxy, Network, NetworkPolicy, AntiSpoofing bool
 	// ClusterCIDR and NodePortAddresses are comma-separated prefixes.
 	ClusterCIDR, NodePortAddresses string
 	// APIServer is the API server's address (host:port or https URL),
@@ -50,7 +51,7 @@ type Options struct {
 
 // DefaultOptions are podnetd's defaults.
 func DefaultOptions() Options {
-	return Options{Backend: "vxlan", ServiceProxy: true, Network: true, NetworkPolicy: true, ClusterCIDR: "10.244.0.0/16",
+	return Options{Backend: "vxlan", ServiceProxy: true, Network: true, NetworkPolicy: true, AntiSpoofing: true, ClusterCIDR: "10.244.0.0/16",
 		Listen: "127.0.0.1:9965", CNIConfDir: "/etc/cni/net.d", PodnetDataDir: ipam.DefaultDataDir}
 }
 
@@ -68,6 +69,7 @@ var fileKeys = []fileKey{
 	{"serviceProxy", "run-service-proxy", func(o *Options, n *yaml.Node) error { return boolean(n, &o.ServiceProxy) }},
 	{"network", "run-network", func(o *Options, n *yaml.Node) error { return boolean(n, &o.Network) }},
 	{"networkPolicy", "run-network-policy", func(o *Options, n *yaml.Node) error { return boolean(n, &o.NetworkPolicy) }},
+	{"antiSpoofing", "anti-spoofing", func(o *Options, n *yaml.Node) error { return boolean(n, &o.AntiSpoofing) }},
 	{"clusterCIDR", "cluster-cidr", func(o *Options, n *yaml.Node) error { return list(n, &o.ClusterCIDR) }},
 	{"nodePortAddresses", "nodeport-addresses", func(o *Options, n *yaml.Node) error { return list(n, &o.NodePortAddresses) }},
 	{"apiServer", "api-server", func(o *Options, n *yaml.Node) error { return scalar(n, &o.APIServer) }},
@@ -321,7 +323,8 @@ func (o *Options) Config(node string) (Config, error) {
 	}
 	return Config{NodeName: node, Backend: o.Backend, MTU: o.MTU, CNIConfDir: o.CNIConfDir,
 		PodnetDataDir: o.PodnetDataDir, ClusterCIDRs: cidrs, ServiceProxy: o.ServiceProxy,
-		NetworkPolicy: o.NetworkPolicy, AgentSocket: agentSocket(o.NetworkPolicy), NodePortAddresses: nps, ProxyOnly: !o.Network}, nil
+		NetworkPolicy: o.NetworkPolicy, AntiSpoofing: o.AntiSpoofing && o.Network,
+		AgentSocket: agentSocket(o.Network && (o.NetworkPolicy || o.AntiSpoofing)), NodePortAddresses: nps, ProxyOnly: !o.Network}, nil
 }
 
 // parsePrefixes parses comma-separated prefixes ("" is none).
@@ -370,7 +373,8 @@ func checkListen(s string) error {
 	return nil
 }
 
-// agentSocket is where podnetd hears of new pods when NetworkPolicy is on.
+// agentSocket is where podnetd hears of new pods, when it runs the pod
+// network with NetworkPolicy or anti-spoofing.
 func agentSocket(on bool) string {
 	if on {
 		return announce.DefaultSocket

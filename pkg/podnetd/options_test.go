@@ -15,6 +15,7 @@ mtu: 1400
 serviceProxy: false
 network: true
 networkPolicy: false
+antiSpoofing: false
 clusterCIDR: [10.244.0.0/16, 10.245.0.0/16]
 nodePortAddresses: 192.168.56.0/24, 10.0.0.0/8
 apiServer: https://192.168.56.10:6443

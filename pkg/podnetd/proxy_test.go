@@ -159,3 +159,15 @@ func TestServiceProxyDoesNotHoldBackTheNetwork(t *testing.T) {
 		t.Errorf("the proxy wrote %v before it could list EndpointSlices", tables)
 	}
 }
+
+func (l *lockedNFT) ListElements(ctx context.Context, kind, name string) ([]*knftables.Element, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Fake.ListElements(ctx, kind, name)
+}
+
+func (l *lockedNFT) ListCounters(ctx context.Context) ([]*knftables.Counter, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Fake.ListCounters(ctx)
+}

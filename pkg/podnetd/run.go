@@ -63,13 +63,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.policyNFT == nil {
 			go a.logDrops(ctx)
 		}
-		if a.cfg.AgentSocket != "" {
-			go func() {
-				if err := announce.Listen(ctx, a.cfg.AgentSocket, announce.Handler(a.programPod)); err != nil {
-					a.log.Error("the CNI plugin cannot announce new pods: they cannot start until this is fixed", "part", "network-policy", "err", err)
-				}
-			}()
+	}
+	spoofDirty, pokeSpoof := dirtyChan()
+	a.pokeSpoof = pokeSpoof
+	if a.cfg.AntiSpoofing && !a.cfg.ProxyOnly {
+		if err := a.newGuard(); err != nil {
+			return err
 		}
+		if a.spoofNFT[0] == nil {
+			go a.logSpoofDrops(ctx)
+		}
+	}
+	if a.cfg.AgentSocket != "" {
+		go func() {
+			if err := announce.Listen(ctx, a.cfg.AgentSocket, announce.Handler(a.programPod)); err != nil {
+				a.log.Error("the CNI plugin cannot announce new pods: they cannot start until this is fixed", "err", err)
+			}
+		}()
 	}
 	if a.events == nil && !a.cfg.ProxyOnly {
 		b := record.NewBroadcaster(record.WithContext(ctx))
@@ -104,6 +114,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			if cache.WaitForCacheSync(ctx.Done(), policySynced...) {
 				a.loop(ctx, "network policy", policyDirty, a.policyPass)
 			}
+		}()
+	}
+	if a.guard != nil {
+		// The node's own state is the truth here: no informer to wait for.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.loop(ctx, "anti-spoofing", spoofDirty, a.spoofPass)
 		}()
 	}
 	if !a.cfg.ProxyOnly {

@@ -103,6 +103,10 @@ func TestLabNetworkPolicy(t *testing.T) {
 		t.Errorf("podnetd on node-1 logged no drop saying %q from default/other:\n%s", want, lastLines(log, 20))
 	}
 
+	t.Run("anti-spoofing: forged sources and crafted VXLAN deliver nothing", func(t *testing.T) {
+		labAntiSpoofing(t, e)
+	})
+
 	t.Run("the API server frozen and podnetd killed: enforcement unchanged", func(t *testing.T) {
 		policyUnderFaults(t, e, ip)
 	})
