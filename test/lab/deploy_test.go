@@ -293,16 +293,22 @@ func deployBadOption(t *testing.T, e *env, img string, nodes []string, target st
 	})
 	t.Logf("the restart with mtu: big reached %s (pod %s) and stopped there", badNode, badPod.Name)
 
+	// The container is crash-looping: the kubelet may be between two
+	// containers (the current one not started, the previous one's log being
+	// rotated away), so ask again for a while, the current and the previous.
 	var log string
-	for _, prev := range []bool{false, true} {
-		args := []string{"logs", "-n", "kube-system", badPod.Name, "-c", "podnetd"}
-		if prev {
-			args = append(args, "--previous")
+	waitFor(t, 30*time.Second, "podnetd's log of the failing start", func() (bool, string) {
+		for _, prev := range []bool{false, true} {
+			args := []string{"logs", "-n", "kube-system", badPod.Name, "-c", "podnetd"}
+			if prev {
+				args = append(args, "--previous")
+			}
+			if log, err = e.kubectl(args...); err == nil && strings.Contains(log, `key "mtu"`) {
+				return true, ""
+			}
 		}
-		if log, err = e.kubectl(args...); err == nil && strings.Contains(log, `key "mtu"`) {
-			break
-		}
-	}
+		return false, log
+	})
 	named := true
 	for _, want := range []string{`key "mtu"`, `want a whole number, got "big"`, "ConfigMap kube-system/podnet-config"} {
 		if !strings.Contains(log, want) {
