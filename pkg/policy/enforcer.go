@@ -164,12 +164,19 @@ func (e *Enforcer) writeFull(tx *knftables.Transaction, want *desired, have map[
 		}
 	}
 	stale := map[string]time.Time{}
-	sets := map[string][]string{}
+	sets, maps := map[string][]string{}, map[string][]string{}
 	for _, s := range have["set"] {
 		if isPodObject(s) {
 			sets[podChainOf(s)] = append(sets[podChainOf(s)], s)
 		}
 	}
+	for _, m := range have["map"] {
+		if isPodObject(m) {
+			maps[podChainOf(m)] = append(maps[podChainOf(m)], m)
+		}
+	}
+	// A stale pod chain's maps are flushed with it, so that the deny
+	// chains they go to are free to go.
 	for _, ch := range have["chain"] {
 		if !isPodObject(ch) || want.chains[ch] != nil {
 			continue
@@ -180,6 +187,9 @@ func (e *Enforcer) writeFull(tx *knftables.Transaction, want *desired, have map[
 			for _, s := range sets[ch] {
 				tx.Delete(&knftables.Set{Name: s})
 			}
+			for _, m := range maps[ch] {
+				tx.Delete(&knftables.Map{Name: m})
+			}
 			if slices.Contains(have["counter"], ch) {
 				tx.Delete(&knftables.Counter{Name: ch})
 			}
@@ -189,15 +199,26 @@ func (e *Enforcer) writeFull(tx *knftables.Transaction, want *desired, have map[
 			since = now
 		}
 		tx.Flush(&knftables.Chain{Name: ch})
+		for _, m := range maps[ch] {
+			tx.Flush(&knftables.Map{Name: m})
+		}
 		stale[ch] = since
 	}
-	// Sets and counters whose chain is gone already.
+	// Sets, maps and counters whose chain is gone already.
 	for ch, ss := range sets {
 		if want.chains[ch] != nil || slices.Contains(have["chain"], ch) {
 			continue
 		}
 		for _, s := range ss {
 			tx.Delete(&knftables.Set{Name: s})
+		}
+	}
+	for ch, ms := range maps {
+		if want.chains[ch] != nil || slices.Contains(have["chain"], ch) {
+			continue
+		}
+		for _, m := range ms {
+			tx.Delete(&knftables.Map{Name: m})
 		}
 	}
 	for _, ctr := range have["counter"] {
@@ -236,6 +257,10 @@ func (e *Enforcer) partial(ctx context.Context, want *desired, now time.Time) er
 	for name := range e.written {
 		if want.chains[name] == nil {
 			tx.Flush(&knftables.Chain{Name: name})
+			_, maps := objects(name)
+			for _, m := range maps {
+				tx.Flush(&knftables.Map{Name: m})
+			}
 			stale[name] = now
 		}
 	}
@@ -244,10 +269,14 @@ func (e *Enforcer) partial(ctx context.Context, want *desired, now time.Time) er
 			continue
 		}
 		if now.Sub(since) >= staleChainDelay {
-			c := &podChain{name: name}
 			tx.Delete(&knftables.Chain{Name: name})
-			tx.Delete(&knftables.Set{Name: c.anySet()})
-			tx.Delete(&knftables.Set{Name: c.portsSet()})
+			sets, maps := objects(name)
+			for _, s := range sets {
+				tx.Delete(&knftables.Set{Name: s})
+			}
+			for _, m := range maps {
+				tx.Delete(&knftables.Map{Name: m})
+			}
 			tx.Delete(&knftables.Counter{Name: name})
 			continue
 		}
@@ -273,7 +302,7 @@ func (e *Enforcer) cut(old map[string]*podChain, want *desired) {
 	var changed [2]map[netip.Addr]*podChain
 	n := 0
 	for name, c := range want.chains {
-		if o := old[name]; o != nil && o.fingerprint == c.fingerprint {
+		if o := old[name]; c.pp == nil || o != nil && o.fingerprint == c.fingerprint {
 			continue
 		}
 		if changed[c.dir] == nil {
@@ -288,11 +317,11 @@ func (e *Enforcer) cut(old map[string]*podChain, want *desired) {
 		return
 	}
 	forbid := func(f Flow) bool {
-		if c := changed[Egress][f.Src]; c != nil && !c.allow.allows(f.Dst, f.Proto, f.Port) {
+		if c := changed[Egress][f.Src]; c != nil && !c.pp.allowsAll(Egress, f.Dst, f.Proto, f.Port) {
 			return true
 		}
 		c := changed[Ingress][f.Dst]
-		return c != nil && !c.allow.allows(f.Src, f.Proto, f.Port)
+		return c != nil && !c.pp.allowsAll(Ingress, f.Src, f.Proto, f.Port)
 	}
 	cut, err := e.cfg.Conntrack.Cut(forbid)
 	e.metrics.cut.Add(float64(cut))
@@ -303,11 +332,13 @@ func (e *Enforcer) cut(old map[string]*podChain, want *desired) {
 	}
 }
 
-// ChainInfo is what a pod chain stands for.
+// ChainInfo is what a pod chain, or a ClusterNetworkPolicy rule's deny
+// chain, stands for.
 type ChainInfo struct {
-	Pod       types.NamespacedName
+	Pod       types.NamespacedName // zero for a deny chain
 	Direction Direction
 	By        []string // the policies that isolate the pod (namespace/name)
+	Cluster   *RuleRef // for a deny chain: its rule
 }
 
 // Chain says what the pod chain name (a deny log's prefix) stands for, as
@@ -319,7 +350,7 @@ func (e *Enforcer) Chain(name string) (ChainInfo, bool) {
 	if c == nil {
 		return ChainInfo{}, false
 	}
-	return ChainInfo{Pod: c.pod, Direction: c.dir, By: c.by}, true
+	return ChainInfo{Pod: c.pod, Direction: c.dir, By: c.by, Cluster: c.deny}, true
 }
 
 // Drops reads the pod chains' drop counters: packets dropped per chain.
@@ -412,7 +443,9 @@ func (m *metrics) observe(mode string, err error, d time.Duration) {
 func (m *metrics) size(want *desired) {
 	var n [2]int
 	for _, c := range want.chains {
-		n[c.dir]++
+		if c.pp != nil && c.pp.Isolated[c.dir] {
+			n[c.dir]++
+		}
 	}
 	m.isolated.WithLabelValues("ingress").Set(float64(n[Ingress]))
 	m.isolated.WithLabelValues("egress").Set(float64(n[Egress]))

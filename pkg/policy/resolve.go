@@ -55,6 +55,9 @@ type PodPolicy struct {
 	// Allow is what the policies allow together; only meaningful when
 	// Isolated.
 	Allow [2]Allowed
+	// Admin and Baseline are the ClusterNetworkPolicy verdicts by
+	// direction (ResolveCluster): disjoint pieces, Pass left out.
+	Admin, Baseline [2][]Verdict
 }
 
 // Problem is a policy, or part of one, that could not be resolved (a bad

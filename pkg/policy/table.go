@@ -35,6 +35,24 @@ import (
 //	  set in-<hash>-…-any    ipv4_addr, interval
 //	  set in-<hash>-…-ports  ipv4_addr . inet_proto . inet_service, interval
 //
+// ClusterNetworkPolicy adds, to the chain of a pod some CNP selects, a
+// verdict map lookup per tier (ResolveCluster cut the rules into disjoint
+// pieces, each with the verdict of its first rule; Pass pieces are left
+// out and fall through):
+//
+//	chain in-<hash>-<ns>/<pod>
+//	    ip saddr . meta l4proto . th dport vmap @in-…-admin   Admin tier
+//	    … the NetworkPolicy rules above, if one isolates the pod …
+//	    ip saddr . meta l4proto . th dport vmap @in-…-base    Baseline (only if none does)
+//	map in-<hash>-…-admin, -base   ipv4_addr . inet_proto . inet_service : verdict, interval
+//	chain cnp-<hash>-<tier>-<policy>-<dir><rule>   one per denying CNP rule:
+//	    limit rate … log prefix "cnp-…" group 7
+//	    counter name "cnp-…" drop
+//
+// Accept is "return" (the pod's direction is done, the other end's chain
+// still applies), Deny "goto" the rule's chain, which logs, counts and
+// drops. A pod no NetworkPolicy isolates and no CNP rule decides is open.
+//
 // Why each piece sits where it does:
 //   - forward at priority 0 (filter) runs after the Service proxy's DNAT
 //     (prerouting, -100) and before its masquerade (postrouting, 100): it
@@ -69,6 +87,7 @@ const (
 
 	ingressPrefix = "in-"
 	egressPrefix  = "out-"
+	denyPrefix    = "cnp-"
 	maxNameLen    = 96
 )
 
@@ -76,6 +95,7 @@ const (
 const (
 	anySetType   = "ipv4_addr"
 	portsSetType = "ipv4_addr . inet_proto . inet_service"
+	tierMapType  = "ipv4_addr . inet_proto . inet_service : verdict"
 )
 
 // baseChains are the chains hooked into netfilter, with their rules.
@@ -96,21 +116,59 @@ var staticChains = map[string][]string{
 // podChain is one isolated pod's chain in one direction, as rendered: its
 // name, its rules, and the elements of its two sets. fingerprint is all of
 // it, so that two renderings are equal exactly when nothing changed.
+//
+// A CNP rule's deny chain is a podChain too, with deny set and no pod.
 type podChain struct {
 	pod         types.NamespacedName
 	dir         Direction
 	name        string
-	by          []string // the policies that isolate the pod, for the comment
-	allow       *Allowed // what the chain allows (for conntrack cuts)
+	by          []string   // the policies that isolate the pod, for the comment
+	pp          *PodPolicy // what the chain decides (for conntrack cuts)
 	ips         []netip.Addr
 	rules       []string
-	any         [][]string // element keys of the -any set
-	ports       [][]string // element keys of the -ports set
+	any         [][]string    // element keys of the -any set
+	ports       [][]string    // element keys of the -ports set
+	tiers       [2][][]string // elements (key and verdict) of the -admin and -base maps
+	deny        *RuleRef      // for a deny chain: its rule
 	fingerprint string
 }
 
 func (c *podChain) anySet() string   { return c.name + "-any" }
 func (c *podChain) portsSet() string { return c.name + "-ports" }
+func (c *podChain) tierMap(t Tier) string {
+	return c.name + [...]string{"-admin", "-base"}[t]
+}
+
+// objects are the sets and maps that go with a chain of this name.
+func objects(chain string) (sets, maps []string) {
+	if isDenyChain(chain) {
+		return nil, nil
+	}
+	c := &podChain{name: chain}
+	return []string{c.anySet(), c.portsSet()}, []string{c.tierMap(Admin), c.tierMap(Baseline)}
+}
+
+// denyChainName names the deny chain of a CNP rule.
+func denyChainName(r *RuleRef) string {
+	id := fmt.Sprintf("%s/%s/%s/%d", r.Tier, r.Policy, r.Direction, r.Index)
+	sum := sha256.Sum256([]byte(id))
+	h := strings.ToLower(base32.StdEncoding.EncodeToString(sum[:])[:8])
+	name := fmt.Sprintf("%s%s-%s-%s-%s%d", denyPrefix, h, r.Tier, r.Policy, [...]string{"in", "out"}[r.Direction], r.Index)
+	if len(name) > maxNameLen {
+		name = name[:maxNameLen]
+	}
+	return name
+}
+
+func renderDeny(r *RuleRef) *podChain {
+	c := &podChain{name: denyChainName(r), deny: r, dir: r.Direction}
+	c.rules = []string{
+		fmt.Sprintf("%s log prefix %q group %d", logRate, c.name, LogGroup),
+		fmt.Sprintf("counter name %q drop", c.name),
+	}
+	c.fingerprint = fmt.Sprint(c.name, c.rules)
+	return c
+}
 
 // chainName names pod's chain for d: the prefix, a hash of the identity
 // (so truncated names stay unique) and as much of namespace/name as fits.
@@ -130,25 +188,51 @@ func chainName(d Direction, pod types.NamespacedName) string {
 	return name
 }
 
-// renderPod renders pp's chains, for the directions it is isolated in.
-// Only IPv4 addresses are rendered (the table matches IPv4 only).
-func renderPod(pp *PodPolicy) []*podChain {
+// renderPod renders pp's chains, for the directions a NetworkPolicy
+// isolates it in or a ClusterNetworkPolicy rule decides some of its
+// traffic, and adds to denies the deny chains its verdicts go to. Only
+// IPv4 addresses are rendered (the table matches IPv4 only).
+func renderPod(pp *PodPolicy, denies map[string]*podChain) []*podChain {
 	var out []*podChain
 	for d := range pp.Isolated {
-		if !pp.Isolated[d] {
+		dir := Direction(d)
+		var tiers [2][][]string
+		for t, vs := range [2][]Verdict{pp.Admin[d], pp.Baseline[d]} {
+			if Tier(t) == Baseline && pp.Isolated[d] {
+				break // NetworkPolicy decides for the pods it isolates
+			}
+			for _, v := range vs {
+				if !v.Addrs.First.Is4() {
+					continue
+				}
+				verdict := "return"
+				if !v.Accept() {
+					dc := renderDeny(v.Rule)
+					denies[dc.name] = dc
+					verdict = "goto " + dc.name
+				}
+				tiers[t] = append(tiers[t], []string{v.Addrs.String(), protoString(v.Protos), portString(v.Ports), verdict})
+			}
+		}
+		if !pp.Isolated[d] && len(tiers[Admin]) == 0 && len(tiers[Baseline]) == 0 {
 			continue
 		}
-		dir := Direction(d)
-		c := &podChain{pod: pp.Pod, dir: dir, name: chainName(dir, pp.Pod), by: pp.By[d], allow: &pp.Allow[d], ips: pp.IPs}
+		c := &podChain{pod: pp.Pod, dir: dir, name: chainName(dir, pp.Pod), by: pp.By[d], pp: pp, ips: pp.IPs, tiers: tiers}
 		peer := "ip saddr"
 		if dir == Egress {
 			peer = "ip daddr"
 		}
-		c.rules = []string{
-			fmt.Sprintf("%s @%s return", peer, c.anySet()),
-			fmt.Sprintf("%s . meta l4proto . th dport @%s return", peer, c.portsSet()),
-			fmt.Sprintf("%s log prefix %q group %d", logRate, c.name, LogGroup),
-			fmt.Sprintf("counter name %q drop", c.name),
+		if len(tiers[Admin]) > 0 {
+			c.rules = append(c.rules, fmt.Sprintf("%s . meta l4proto . th dport vmap @%s", peer, c.tierMap(Admin)))
+		}
+		if pp.Isolated[d] {
+			c.rules = append(c.rules,
+				fmt.Sprintf("%s @%s return", peer, c.anySet()),
+				fmt.Sprintf("%s . meta l4proto . th dport @%s return", peer, c.portsSet()),
+				fmt.Sprintf("%s log prefix %q group %d", logRate, c.name, LogGroup),
+				fmt.Sprintf("counter name %q drop", c.name))
+		} else if len(tiers[Baseline]) > 0 {
+			c.rules = append(c.rules, fmt.Sprintf("%s . meta l4proto . th dport vmap @%s", peer, c.tierMap(Baseline)))
 		}
 		for _, s := range pp.Allow[d].Any {
 			if s.First.Is4() {
@@ -160,10 +244,17 @@ func renderPod(pp *PodPolicy) []*podChain {
 				c.ports = append(c.ports, []string{e.Addrs.String(), e.Proto.String(), portString(e.Ports)})
 			}
 		}
-		c.fingerprint = fmt.Sprint(c.name, c.by, c.rules, c.any, c.ports)
+		c.fingerprint = fmt.Sprint(c.name, c.by, c.rules, c.any, c.ports, c.tiers)
 		out = append(out, c)
 	}
 	return out
+}
+
+func protoString(p ProtoSpan) string {
+	if p.First == p.Last {
+		return fmt.Sprint(p.First)
+	}
+	return fmt.Sprintf("%d-%d", p.First, p.Last)
 }
 
 func portString(p PortSpan) string {
@@ -189,7 +280,7 @@ func buildDesired(pods map[types.NamespacedName]*PodPolicy) *desired {
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
 	for _, k := range keys {
 		pp := pods[k]
-		for _, c := range renderPod(pp) {
+		for _, c := range renderPod(pp, d.chains) {
 			d.chains[c.name] = c
 			for _, ip := range pp.IPs {
 				if !ip.Is4() {
@@ -238,11 +329,37 @@ func writeSkeleton(tx *knftables.Transaction) {
 	}
 }
 
-// writePodChain (re)writes c: the chain and its sets, flushed and filled.
+// writePodChain (re)writes c: the chain and its sets and maps, flushed
+// and filled. Deny chains must come before the maps that go to them in a
+// transaction (sortedChains puts "cnp-" first).
 func writePodChain(tx *knftables.Transaction, c *podChain) {
-	comment := fmt.Sprintf("%s %s of %s, isolated by %s", c.dir, "policy", c.pod, strings.Join(c.by, ","))
+	if c.deny != nil {
+		comment := c.deny.String()
+		if len(comment) > 128 {
+			comment = comment[:128]
+		}
+		tx.Add(&knftables.Counter{Name: c.name, Comment: knftables.PtrTo(comment)})
+		tx.Add(&knftables.Chain{Name: c.name, Comment: knftables.PtrTo(comment)})
+		tx.Flush(&knftables.Chain{Name: c.name})
+		for _, r := range c.rules {
+			tx.Add(&knftables.Rule{Chain: c.name, Rule: r})
+		}
+		return
+	}
+	comment := fmt.Sprintf("%s %s of %s", c.dir, "policy", c.pod)
+	if len(c.by) > 0 {
+		comment += ", isolated by " + strings.Join(c.by, ",")
+	}
 	if len(comment) > 128 {
 		comment = comment[:128]
+	}
+	for t, els := range c.tiers {
+		m := c.tierMap(Tier(t))
+		tx.Add(&knftables.Map{Name: m, Type: tierMapType, Flags: []knftables.SetFlag{knftables.IntervalFlag}})
+		tx.Flush(&knftables.Map{Name: m})
+		for _, e := range els {
+			tx.Add(&knftables.Element{Map: m, Key: e[:3], Value: e[3:]})
+		}
 	}
 	tx.Add(&knftables.Set{Name: c.anySet(), Type: anySetType, Flags: []knftables.SetFlag{knftables.IntervalFlag}})
 	tx.Add(&knftables.Set{Name: c.portsSet(), Type: portsSetType, Flags: []knftables.SetFlag{knftables.IntervalFlag}})
@@ -262,15 +379,20 @@ func writePodChain(tx *knftables.Transaction, c *podChain) {
 	}
 }
 
-// isPodObject says whether a chain or set name is one of a pod chain's.
+// isPodObject says whether a chain, set, map or counter name is one of a
+// pod chain's or a deny chain's.
 func isPodObject(name string) bool {
-	return strings.HasPrefix(name, ingressPrefix) || strings.HasPrefix(name, egressPrefix)
+	return strings.HasPrefix(name, ingressPrefix) || strings.HasPrefix(name, egressPrefix) || isDenyChain(name)
 }
 
-// podChainOf is the chain a pod set belongs to.
+func isDenyChain(name string) bool { return strings.HasPrefix(name, denyPrefix) }
+
+// podChainOf is the chain a pod set or map belongs to.
 func podChainOf(set string) string {
-	if s, ok := strings.CutSuffix(set, "-any"); ok {
-		return s
+	for _, suffix := range []string{"-any", "-ports", "-admin", "-base"} {
+		if s, ok := strings.CutSuffix(set, suffix); ok {
+			return s
+		}
 	}
-	return strings.TrimSuffix(set, "-ports")
+	return set
 }
