@@ -269,6 +269,7 @@ func TestManifestRBAC(t *testing.T) {
 		"networking.k8s.io/networkpolicies": {"list", "watch"},
 		"/pods":                             {"list", "watch"},
 		"/namespaces":                       {"list", "watch"},
+		"policy.networking.k8s.io/clusternetworkpolicies": {"list", "watch"},
 	}
 	got := map[string][]string{}
 	for _, r := range o.role.Rules {

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/podnet/podnet/pkg/agentapi"
 	"github.com/podnet/podnet/pkg/podnetd"
@@ -121,7 +122,15 @@ func run(a agentArgs) error {
 	if err != nil {
 		return err
 	}
-	ag, err := podnetd.New(cfg, client)
+	var opts []podnetd.Option
+	if cfg.NetworkPolicy {
+		cc, err := cnpclient.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("ClusterNetworkPolicy client: %w", err)
+		}
+		opts = append(opts, podnetd.WithClusterPolicyClient(cc))
+	}
+	ag, err := podnetd.New(cfg, client, opts...)
 	if err != nil {
 		return err
 	}

@@ -186,6 +186,9 @@ type Agent struct {
 	pendingMu  sync.Mutex
 	pending    map[types.NamespacedName]pendingPod // announced by the plugin, IP not yet in the API
 	podIPs     map[netip.Addr]string               // every pod's address, for the deny log
+	cnpState                                       // ClusterNetworkPolicy (cnp.go)
+	warnedMu   sync.Mutex
+	warned     map[string]map[string]bool // policy problems told, by kind
 
 	// Anti-spoofing (nil unless Config.AntiSpoofing).
 	guard     *antispoof.Guard

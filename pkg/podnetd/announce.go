@@ -119,7 +119,7 @@ func (a *Agent) programPod(ctx context.Context, p announce.Pod) (bool, error) {
 	a.pendingMu.Unlock()
 	need := a.polSync.next()
 	a.pokePolicy()
-	if !a.selected(pod) {
+	if !a.selected(pod) && !a.hasClusterPolicies() {
 		return false, nil // open: nothing to wait for (peers follow in that pass)
 	}
 	for {

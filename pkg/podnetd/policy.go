@@ -128,9 +128,19 @@ func (a *Agent) syncPolicy(ctx context.Context) error {
 	a.podIPs = ips
 	a.pendingMu.Unlock()
 	local := func(p *corev1.Pod) bool { return p.Spec.NodeName == a.cfg.NodeName }
-	resolved, problems := policy.ResolveFor(nps, a.withPending(pods), nss, local)
+	pods = a.withPending(pods)
+	resolved, problems := policy.ResolveFor(nps, pods, nss, local)
+	var warn []policyProblem
 	for _, p := range problems {
-		a.log.Warn("networkpolicy cannot be read; the pods it selects allow nothing it names", "policy", p.Policy.String(), "err", p.Err)
+		ref := &corev1.ObjectReference{APIVersion: "networking.k8s.io/v1", Kind: "NetworkPolicy", Namespace: p.Policy.Namespace, Name: p.Policy.Name}
+		if np, err := a.polw.policies.NetworkPolicies(p.Policy.Namespace).Get(p.Policy.Name); err == nil {
+			ref.UID, ref.ResourceVersion = np.UID, np.ResourceVersion
+		}
+		warn = append(warn, policyProblem{ref, p.Error() + "; the pods it selects allow nothing it names"})
+	}
+	a.warnPolicies("np", warn)
+	if err := a.resolveCluster(pods, nss, resolved); err != nil {
+		return err
 	}
 	return a.enforcer.Sync(ctx, resolved)
 }
@@ -155,6 +165,12 @@ func (a *Agent) logDrops(ctx context.Context) {
 		info, ok := a.enforcer.Chain(d.Chain)
 		if !ok {
 			log.Info("policy drop", "chain", d.Chain, "src", d.Src, "dst", d.Dst, "proto", protoName(d.Proto), "port", d.Port)
+			return
+		}
+		if info.Cluster != nil {
+			log.Info("policy drop", "direction", info.Direction.String(), "policy", info.Cluster.String(),
+				"src", d.Src, "src_pod", a.podAt(d.Src), "dst", d.Dst, "dst_pod", a.podAt(d.Dst),
+				"proto", protoName(d.Proto), "port", d.Port)
 			return
 		}
 		by := "default deny of " + info.Pod.String() + " (" + info.Direction.String() + ") by " + strings.Join(info.By, ",")
@@ -198,7 +214,7 @@ type dropsCollector struct {
 
 func newDropsCollector(a *Agent) *dropsCollector {
 	return &dropsCollector{a: a, desc: prometheus.NewDesc("podnet_policy_drops_total",
-		"Packets dropped by NetworkPolicy on this node, by the namespace of the pod that refused them (ingress) or sent them (egress), the policies isolating it (comma-separated), and the direction.",
+		"Packets dropped by NetworkPolicy on this node, by the namespace of the pod that refused them (ingress) or sent them (egress), the policies isolating it (comma-separated), and the direction; a ClusterNetworkPolicy Deny rule counts with no namespace and policy clusternetworkpolicy/<name>.",
 		[]string{"namespace", "policy", "direction"}, nil)}
 }
 
@@ -219,6 +235,10 @@ func (c *dropsCollector) Collect(ch chan<- prometheus.Metric) {
 	for chain, n := range counts {
 		info, ok := c.a.enforcer.Chain(chain)
 		if !ok {
+			continue
+		}
+		if info.Cluster != nil { // cluster-scoped: no namespace
+			sum[[3]string{"", "clusternetworkpolicy/" + info.Cluster.Policy, info.Direction.String()}] += n
 			continue
 		}
 		var names []string

@@ -37,11 +37,17 @@ func policyPod(name, node, ip string, labels map[string]string) *corev1.Pod {
 // node-1, with objs in the API; it returns the table and the socket.
 func startPolicyAgent(t *testing.T, objs ...runtime.Object) (*lockedNFT, string) {
 	t.Helper()
+	return startPolicyAgentWith(t, nil, objs...)
+}
+
+// startPolicyAgentWith is startPolicyAgent with more options.
+func startPolicyAgentWith(t *testing.T, opts []podnetd.Option, objs ...runtime.Object) (*lockedNFT, string) {
+	t.Helper()
 	nft := &lockedNFT{Fake: knftables.NewFake(knftables.InetFamily, policy.TableName)}
 	socket := filepath.Join(t.TempDir(), "policy.sock")
 	objs = append(objs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default", Labels: map[string]string{"kubernetes.io/metadata.name": "default"}}})
 	a, err := podnetd.New(podnetd.Config{NodeName: "node-1", NetworkPolicy: true, AgentSocket: socket, ProxyOnly: true},
-		fake.NewClientset(objs...), podnetd.WithPolicyNFTables(nft), podnetd.WithPolicyConntrack(&policy.FakeConntrack{}))
+		fake.NewClientset(objs...), append([]podnetd.Option{podnetd.WithPolicyNFTables(nft), podnetd.WithPolicyConntrack(&policy.FakeConntrack{})}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package podnetd
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,7 +58,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		nf := informers.NewSharedInformerFactory(a.client, 0)
 		a.polw = watchPolicies(nf, pokePolicy)
-		policySynced = a.polw.synced
+		// Nodes are peers of ClusterNetworkPolicy egress rules.
+		_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { pokePolicy() }, UpdateFunc: func(any, any) { pokePolicy() }, DeleteFunc: func(any) { pokePolicy() }})
+		policySynced = append(slices.Clone(a.polw.synced), inf.Informer().HasSynced)
 		nf.Start(ctx.Done())
 		defer nf.Shutdown()
 		if a.policyNFT == nil {
@@ -110,8 +114,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.log.Info("network policy: waiting for the NetworkPolicy, Pod and Namespace informers to sync")
-			if cache.WaitForCacheSync(ctx.Done(), policySynced...) {
+			synced := policySynced
+			if a.cnpClient != nil {
+				if a.watchClusterPolicies(ctx) {
+					synced = append(synced, a.cnpw.Load().synced)
+				} else {
+					go a.discoverClusterPolicies(ctx)
+				}
+			}
+			a.log.Info("network policy: waiting for the NetworkPolicy, ClusterNetworkPolicy, Pod, Namespace and Node informers to sync")
+			if cache.WaitForCacheSync(ctx.Done(), synced...) {
 				a.loop(ctx, "network policy", policyDirty, a.policyPass)
 			}
 		}()
