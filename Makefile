@@ -9,7 +9,7 @@ export PATH := $(PATH):/usr/sbin:/sbin
 
 BINARIES := podnet podnetctl podnetd
 
-.PHONY: all build deps ref-plugins k8s coredns runtime helm e2e-bin e2e e2e-policy lint test unit bench demo demo-plugin lab-up lab-down clean
+.PHONY: all build deps ref-plugins k8s coredns crds runtime helm e2e-bin e2e e2e-policy lint test unit bench demo demo-plugin lab-up lab-down clean
 
 all: build
 
@@ -32,6 +32,11 @@ k8s:
 # (hack/coredns/go.mod) with only the plugins the lab uses, cached by version.
 coredns:
 	@bash hack/coredns.sh >/dev/null
+
+# The ClusterNetworkPolicy CRD of the network-policy-api module go.mod pins,
+# which the lab installs: copied from the Go module cache, cached by version.
+crds:
+	@bash hack/crds.sh >/dev/null
 
 # The Helm CLI that renders charts/podnet (the deploy tests compare it with
 # deploy/*.yaml), built once per machine from its Go module (hack/helm/go.mod).
@@ -61,7 +66,7 @@ lint: deps
 # Every test: unit tests, and (as root) kernel tests in throwaway network
 # namespaces. Packages run one at a time so kernel tests do not compete for
 # the two cores with each other's concurrency tests.
-test: deps ref-plugins k8s coredns runtime helm e2e-bin build lint
+test: deps ref-plugins k8s coredns crds runtime helm e2e-bin build lint
 	$(GO) test -count=1 -p 1 -timeout 60m ./...
 	@left=$$(ip netns list 2>/dev/null | grep -c '^pntest-' || true); \
 	  if [ "$$left" != 0 ]; then echo "tests left $$left network namespaces behind"; ip netns list; exit 1; fi
@@ -71,7 +76,7 @@ unit: helm
 	$(GO) test -count=1 -short ./...
 
 # A lab of network namespaces with the real control plane (see README).
-lab-up: deps ref-plugins k8s coredns runtime e2e-bin build
+lab-up: deps ref-plugins k8s coredns crds runtime e2e-bin build
 	bin/podnetctl lab up
 
 lab-down:
@@ -85,15 +90,15 @@ bench: deps ref-plugins k8s build
 # The upstream judges against a lab on the real node software: sig-network
 # Conformance by default (E2E_FOCUS, E2E_SKIP override; see hack/e2e.sh and
 # docs/lab.md). Prints the passed/failed counts and the wall time.
-e2e: deps ref-plugins k8s coredns runtime e2e-bin build
+e2e: deps ref-plugins k8s coredns crds runtime e2e-bin build
 	@bash hack/e2e.sh
 
 # The upstream NetworkPolicy suite ([sig-network] Netpol) against a lab;
 # its SCTP specs cannot run on a kernel without SCTP (docs/policy.md).
-e2e-policy: deps ref-plugins k8s coredns runtime e2e-bin build
+e2e-policy: deps ref-plugins k8s coredns crds runtime e2e-bin build
 	@E2E_FOCUS='\[sig-network\] Netpol' E2E_SKIP='SCTPConnectivity|\[Serial\]|\[Disruptive\]|\[Flaky\]' bash hack/e2e.sh
 
-demo: deps ref-plugins k8s coredns runtime e2e-bin build
+demo: deps ref-plugins k8s coredns crds runtime e2e-bin build
 	@bash hack/demo.sh
 
 # The CNI plugin alone: two pods on one bridge, seed 004's views.

@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -146,5 +147,40 @@ func (l *Lab) installKubeProxy(ctx context.Context, machines []MachineSpec) erro
 		return err
 	}
 	l.say("kube-proxy: DaemonSet kube-proxy applied (image %s, nftables mode)", l.kubeProxyImage())
+	return nil
+}
+
+// NetworkPolicyAPIVersion is the sigs.k8s.io/network-policy-api release
+// whose ClusterNetworkPolicy CRD the lab installs: the one go.mod pins
+// (a test keeps them equal), which podnetd's client is built from.
+const NetworkPolicyAPIVersion = "v0.3.0"
+
+// CRDDirEnv overrides where hack/crds.sh put the CRD.
+const CRDDirEnv = "PODNET_CRD_DIR"
+
+// ClusterNetworkPolicyCRD is the CRD file hack/crds.sh caches (make crds).
+func ClusterNetworkPolicyCRD() string {
+	dir := os.Getenv(CRDDirEnv)
+	if dir == "" {
+		dir = "/var/cache/podnet/crds/network-policy-api-" + NetworkPolicyAPIVersion
+	}
+	return filepath.Join(dir, "policy.networking.k8s.io_clusternetworkpolicies.yaml")
+}
+
+// installClusterNetworkPolicyCRD installs the ClusterNetworkPolicy CRD, as
+// a cluster operator does before podnet enforces it, and waits until the
+// API server serves it.
+func (l *Lab) installClusterNetworkPolicyCRD(ctx context.Context) error {
+	kubectl := filepath.Join(l.opts.K8sDir, "kubectl")
+	crd := ClusterNetworkPolicyCRD()
+	// Server-side: the CRD is too large for the last-applied annotation.
+	if out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", l.AdminKubeconfig(), "apply", "--server-side", "-f", crd).CombinedOutput(); err != nil {
+		return fmt.Errorf("kubectl apply -f %s: %w: %s", crd, err, out)
+	}
+	if out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", l.AdminKubeconfig(), "wait", "--for=condition=Established",
+		"--timeout=60s", "crd/clusternetworkpolicies.policy.networking.k8s.io").CombinedOutput(); err != nil {
+		return fmt.Errorf("the ClusterNetworkPolicy CRD is not established: %w: %s", err, out)
+	}
+	l.say("ClusterNetworkPolicy CRD of network-policy-api %s installed", NetworkPolicyAPIVersion)
 	return nil
 }

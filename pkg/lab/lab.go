@@ -147,6 +147,11 @@ func (l *Lab) preflight() error {
 			missing = append(missing, "coredns in "+l.opts.CoreDNSDir+" (make coredns builds it; or --service-proxy none)")
 		}
 	}
+	if !l.opts.NoNetworkPolicy {
+		if _, err := os.Stat(ClusterNetworkPolicyCRD()); err != nil {
+			missing = append(missing, "the ClusterNetworkPolicy CRD "+ClusterNetworkPolicyCRD()+" (make crds; or --network-policy=false)")
+		}
+	}
 	missing = append(missing, l.runtimeMissing()...)
 	for _, bin := range []string{"podnet", "podnetd"} {
 		if _, err := os.Stat(filepath.Join(l.opts.PluginDir, bin)); err != nil {
@@ -211,6 +216,11 @@ func (l *Lab) Up(ctx context.Context) (err error) {
 	}
 	for _, ms := range st.Machines {
 		if err := l.startNode(bundle, ms); err != nil {
+			return err
+		}
+	}
+	if !l.opts.NoNetworkPolicy {
+		if err := l.installClusterNetworkPolicyCRD(ctx); err != nil {
 			return err
 		}
 	}

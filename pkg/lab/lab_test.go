@@ -80,6 +80,18 @@ func TestKubernetesVersionMatchesTheBuildModule(t *testing.T) {
 	}
 }
 
+// TestNetworkPolicyAPIVersionMatchesGoMod: the lab installs the CRD of the
+// network-policy-api release podnetd's client is built from.
+func TestNetworkPolicyAPIVersionMatchesGoMod(t *testing.T) {
+	b, err := os.ReadFile("../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "sigs.k8s.io/network-policy-api "+NetworkPolicyAPIVersion+"\n") {
+		t.Fatalf("go.mod does not pin sigs.k8s.io/network-policy-api %s", NetworkPolicyAPIVersion)
+	}
+}
+
 // TestNodeSubnetsFollowTheSeeds: machine i gets 10.244.i.0/24.
 func TestNodeSubnetsFollowTheSeeds(t *testing.T) {
 	for i, want := range map[int]string{0: "10.244.0.0/24", 1: "10.244.1.0/24", 12: "10.244.12.0/24"} {
