@@ -103,6 +103,10 @@ func TestLabNetworkPolicy(t *testing.T) {
 		t.Errorf("podnetd on node-1 logged no drop saying %q from default/other:\n%s", want, lastLines(log, 20))
 	}
 
+	t.Run("ClusterNetworkPolicy Admin tier over NetworkPolicy, both ways", func(t *testing.T) {
+		labAdminTier(t, e, ip, connect, expect)
+	})
+
 	t.Run("anti-spoofing: forged sources and crafted VXLAN deliver nothing", func(t *testing.T) {
 		labAntiSpoofing(t, e)
 	})
@@ -117,6 +121,10 @@ func TestLabNetworkPolicy(t *testing.T) {
 	waitFor(t, 5*time.Second, "other allowed again", func() (bool, string) {
 		got := connect("other", ip+":8080")
 		return got == "ok", got
+	})
+
+	t.Run("ClusterNetworkPolicy Baseline tier under NetworkPolicy", func(t *testing.T) {
+		labBaselineTier(t, e, ip, connect, expect)
 	})
 
 	t.Run("an egress-isolated pod sends nothing before its policy is in place", func(t *testing.T) {
