@@ -9,7 +9,7 @@ export PATH := $(PATH):/usr/sbin:/sbin
 
 BINARIES := podnet podnetctl podnetd
 
-.PHONY: all build deps ref-plugins k8s coredns crds runtime helm e2e-bin e2e e2e-policy lint test unit bench demo demo-plugin lab-up lab-down clean
+.PHONY: all build deps ref-plugins k8s coredns crds runtime helm e2e-bin e2e e2e-policy e2e-cnp lint test unit bench demo demo-plugin lab-up lab-down clean
 
 all: build
 
@@ -97,6 +97,11 @@ e2e: deps ref-plugins k8s coredns crds runtime e2e-bin build
 # its SCTP specs cannot run on a kernel without SCTP (docs/policy.md).
 e2e-policy: deps ref-plugins k8s coredns crds runtime e2e-bin build
 	@E2E_FOCUS='\[sig-network\] Netpol' E2E_SKIP='SCTPConnectivity|\[Serial\]|\[Disruptive\]|\[Flaky\]' bash hack/e2e.sh
+
+# The network-policy-api conformance suite (ClusterNetworkPolicy) against a
+# lab (hack/cnp-conformance.sh); its base pods need SCTP (docs/policy.md).
+e2e-cnp: deps ref-plugins k8s coredns crds runtime e2e-bin build
+	@bash hack/cnp-conformance.sh
 
 demo: deps ref-plugins k8s coredns crds runtime e2e-bin build
 	@bash hack/demo.sh

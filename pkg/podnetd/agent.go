@@ -196,6 +196,9 @@ type Agent struct {
 	podPorts  func() ([]antispoof.Port, error)
 	pokeSpoof func()
 	spoofSync syncCounter // anti-spoofing passes started and done
+	// the ports of the last successful pass, for the drop log
+	spoofPortsMu sync.Mutex
+	spoofPorts   []antispoof.Port
 }
 
 // New returns an agent.

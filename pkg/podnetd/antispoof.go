@@ -76,6 +76,11 @@ func (a *Agent) spoofPass(ctx context.Context) (bool, error) {
 		if n, err = a.guard.SyncPorts(ctx, ports); err == nil && n > 0 {
 			a.log.Info("anti-spoofing synced", "part", "anti-spoofing", "pods", len(ports), "changed", n)
 		}
+		if err == nil {
+			a.spoofPortsMu.Lock()
+			a.spoofPorts = ports
+			a.spoofPortsMu.Unlock()
+		}
 	}
 	a.SpoofHealth.Record(err)
 	if err != nil {
@@ -227,12 +232,13 @@ func (a *Agent) logSpoofDrops(ctx context.Context) {
 	}
 }
 
-// podOfVeth names the pod behind a host veth, from its reservation.
+// podOfVeth names the pod behind a host veth, as the last anti-spoofing
+// pass found it (a flood of drops must not re-read the node's links and
+// the plugin's store for each line).
 func (a *Agent) podOfVeth(veth string) string {
-	ports, err := a.podPorts()
-	if err != nil {
-		return ""
-	}
+	a.spoofPortsMu.Lock()
+	ports := a.spoofPorts
+	a.spoofPortsMu.Unlock()
 	for _, p := range ports {
 		if p.Name == veth {
 			if p.Pod != "" {

@@ -171,7 +171,8 @@ func agnhostRecipe() recipe {
 	const repo = "registry.k8s.io/e2e-test-images/agnhost"
 	return recipe{
 		Name:  "agnhost",
-		Names: tags(repo, agnhostVersion, "2.55", "2.53", "latest"),
+		// 2.45: the tag network-policy-api's conformance manifests name.
+		Names: tags(repo, agnhostVersion, "2.55", "2.53", "2.45", "latest"),
 		Layers: []layer{
 			userland,
 			{
