@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"text/template"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
@@ -177,9 +178,19 @@ func (l *Lab) installClusterNetworkPolicyCRD(ctx context.Context) error {
 	if out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", l.AdminKubeconfig(), "apply", "--server-side", "-f", crd).CombinedOutput(); err != nil {
 		return fmt.Errorf("kubectl apply -f %s: %w: %s", crd, err, out)
 	}
-	if out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", l.AdminKubeconfig(), "wait", "--for=condition=Established",
-		"--timeout=60s", "crd/clusternetworkpolicies.policy.networking.k8s.io").CombinedOutput(); err != nil {
-		return fmt.Errorf("the ClusterNetworkPolicy CRD is not established: %w: %s", err, out)
+	// Polled rather than `kubectl wait`, which fails at once while the new
+	// CRD has no status conditions yet.
+	var out []byte
+	var err error
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out, err = exec.CommandContext(ctx, kubectl, "--kubeconfig", l.AdminKubeconfig(), "get", "crd", "clusternetworkpolicies.policy.networking.k8s.io",
+			"-o", `jsonpath={.status.conditions[?(@.type=="Established")].status}`).CombinedOutput()
+		if err == nil && strings.TrimSpace(string(out)) == "True" {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("the ClusterNetworkPolicy CRD is not established after 60 s (Established=%q, %v)", strings.TrimSpace(string(out)), err)
+		}
 	}
 	l.say("ClusterNetworkPolicy CRD of network-policy-api %s installed", NetworkPolicyAPIVersion)
 	return nil
