@@ -188,6 +188,10 @@ func chainName(d Direction, pod types.NamespacedName) string {
 	return name
 }
 
+// ChainName is the name of pod's chain for d (and the prefix of its deny
+// log lines and the name of its drop counter).
+func ChainName(d Direction, pod types.NamespacedName) string { return chainName(d, pod) }
+
 // renderPod renders pp's chains, for the directions a NetworkPolicy
 // isolates it in or a ClusterNetworkPolicy rule decides some of its
 // traffic, and adds to denies the deny chains its verdicts go to. Only

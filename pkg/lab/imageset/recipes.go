@@ -170,7 +170,7 @@ func tags(repo string, tags ...string) []string {
 func agnhostRecipe() recipe {
 	const repo = "registry.k8s.io/e2e-test-images/agnhost"
 	return recipe{
-		Name:  "agnhost",
+		Name: "agnhost",
 		// 2.45: the tag network-policy-api's conformance manifests name.
 		Names: tags(repo, agnhostVersion, "2.55", "2.53", "2.45", "latest"),
 		Layers: []layer{
