@@ -14,7 +14,6 @@ import (
 	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	cnpfake "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned/fake"
 
-	"github.com/podnet/podnet/pkg/announce"
 	"github.com/podnet/podnet/pkg/podnetd"
 )
 
@@ -53,17 +52,7 @@ func TestClusterNetworkPolicyInTheAgent(t *testing.T) {
 
 	// No NetworkPolicy selects web-1, but a ClusterNetworkPolicy does: the
 	// announcement is answered once its verdicts are in.
-	var r announce.Reply
-	var err error
-	for range 100 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		r, err = announce.Send(ctx, socket, announce.Pod{Namespace: "default", Name: "web-1", IPs: []string{"10.244.1.7"}})
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), "connect:") {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	r, err := announceWhenListening(socket, "web-1", "10.244.1.7")
 	if err != nil || !r.Isolated {
 		t.Fatalf("announce web-1: %+v, %v; want answered after its policy pass", r, err)
 	}
@@ -108,17 +97,7 @@ func TestClusterNetworkPolicyInTheAgent(t *testing.T) {
 func TestClusterNetworkPolicyNotServed(t *testing.T) {
 	nft, socket := startPolicyAgentWith(t, []podnetd.Option{podnetd.WithClusterPolicyClient(cnpClient(false))},
 		policyPod("web-1", "node-1", "", map[string]string{"app": "web"}))
-	var r announce.Reply
-	var err error
-	for range 100 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		r, err = announce.Send(ctx, socket, announce.Pod{Namespace: "default", Name: "web-1", IPs: []string{"10.244.1.7"}})
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), "connect:") {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	r, err := announceWhenListening(socket, "web-1", "10.244.1.7")
 	if err != nil || r.Isolated {
 		t.Fatalf("announce web-1: %+v, %v; want open at once", r, err)
 	}

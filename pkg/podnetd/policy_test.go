@@ -71,20 +71,7 @@ func TestPolicyAnnouncedPodIsEnforcedBeforeTheAnswer(t *testing.T) {
 		policyPod("db-1", "node-1", "", map[string]string{"app": "db"}),
 		policyPod("web-far", "node-2", "", map[string]string{"app": "web"}),
 		policyPod("web-0", "node-1", "10.244.1.5", map[string]string{"app": "web"}))
-	send := func(name, ip string) (announce.Reply, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		var r announce.Reply
-		var err error
-		for range 100 { // until podnetd listens
-			if r, err = announce.Send(ctx, socket, announce.Pod{Namespace: "default", Name: name, IPs: []string{ip}}); err == nil ||
-				!strings.Contains(err.Error(), "connect:") {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		return r, err
-	}
+	send := func(name, ip string) (announce.Reply, error) { return announceWhenListening(socket, name, ip) }
 	r, err := send("web-1", "10.244.1.7")
 	if err != nil || !r.Isolated {
 		t.Fatalf("announce web-1: %+v, %v; want isolated", r, err)
@@ -102,4 +89,21 @@ func TestPolicyAnnouncedPodIsEnforcedBeforeTheAnswer(t *testing.T) {
 	if _, err := send("nobody", "10.244.1.9"); err == nil {
 		t.Error("announce a pod the API does not know: answered")
 	}
+}
+
+// announceWhenListening announces the pod default/name with ip as the CNI
+// plugin does, trying again while podnetd does not listen yet.
+func announceWhenListening(socket, name, ip string) (announce.Reply, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var r announce.Reply
+	var err error
+	for range 100 {
+		if r, err = announce.Send(ctx, socket, announce.Pod{Namespace: "default", Name: name, IPs: []string{ip}}); err == nil ||
+			!strings.Contains(err.Error(), "connect:") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return r, err
 }
