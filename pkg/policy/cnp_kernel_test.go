@@ -118,18 +118,7 @@ func TestKernelClusterNetworkPolicy(t *testing.T) {
 		k.applyAll(t, nil)
 		conn := dialKeep(t, k.pods["a"], "10.244.1.3:8080")
 		other := dialKeep(t, k.pods["c"], "10.244.1.3:8080")
-		ctx, cancel := context.WithCancel(context.Background())
-		drops := make(chan Drop, 64)
-		done := make(chan error, 1)
-		go func() {
-			done <- k.node.Do(func() error { return ReadDrops(ctx, LogGroup, func(d Drop) { drops <- d }) })
-		}()
-		defer func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("ReadDrops: %v", err)
-			}
-		}()
+		drops := k.readDrops(t)
 		time.Sleep(100 * time.Millisecond)
 		k.applyAll(t, nil, admin)
 		if err := roundTrip(conn); err == nil {

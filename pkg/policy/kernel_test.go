@@ -330,18 +330,7 @@ func TestKernelPolicy(t *testing.T) {
 
 	t.Run("deny log: each drop names the pod, direction and policy, and is counted", func(t *testing.T) {
 		k.apply(t, allowFromA)
-		ctx, cancel := context.WithCancel(context.Background())
-		drops := make(chan Drop, 64)
-		done := make(chan error, 1)
-		go func() {
-			done <- k.node.Do(func() error { return ReadDrops(ctx, LogGroup, func(d Drop) { drops <- d }) })
-		}()
-		defer func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("ReadDrops: %v", err)
-			}
-		}()
+		drops := k.readDrops(t)
 		time.Sleep(100 * time.Millisecond) // bound
 		k.check(t, probe{"c", "b", 8080, ""})
 		select {
@@ -466,6 +455,24 @@ func TestKernelPolicy(t *testing.T) {
 		}
 		k.check(t, probe{"c", "b", 8080, "b"})
 	})
+}
+
+// readDrops reads the node's deny log (ReadDrops) until the test ends.
+func (k *kernelLab) readDrops(t *testing.T) <-chan Drop {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	drops := make(chan Drop, 64)
+	done := make(chan error, 1)
+	go func() {
+		done <- k.node.Do(func() error { return ReadDrops(ctx, LogGroup, func(d Drop) { drops <- d }) })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ReadDrops: %v", err)
+		}
+	})
+	return drops
 }
 
 // dialKeep opens a TCP connection from ns and reads the server's name.
